@@ -1,0 +1,1 @@
+"""s3exchange: exchange training data through S3-compatible object storage."""

@@ -1,0 +1,80 @@
+"""Key templates with ``{placeholders}`` and the mapping between logical and physical keys."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidKeyError, MissingPlaceholderError
+
+_FORMATTER = string.Formatter()
+
+
+def resolve_template(template: str, variables: Mapping[str, Any]) -> str:
+    """Fill every ``{name}`` of ``template`` from ``variables``; ``{{``/``}}`` are literal braces.
+
+    Format specs work as in ``str.format`` (``{shard:05d}``); attribute and index access do not,
+    because a key template is data, not code.
+    """
+    parts: list[str] = []
+    try:
+        parsed = list(_FORMATTER.parse(template))
+    except ValueError as exc:
+        raise InvalidKeyError(template, f"malformed template: {exc}") from None
+    for literal, field, spec, conversion in parsed:
+        parts.append(literal)
+        if field is None:
+            continue
+        if not field.isidentifier():
+            raise InvalidKeyError(template, f"placeholder {{{field}}} is not a plain name")
+        if field not in variables:
+            raise MissingPlaceholderError(field, template)
+        value = variables[field]
+        if conversion:
+            value = _FORMATTER.convert_field(value, conversion)
+        parts.append(format(value, spec or ""))
+    return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Maps logical keys (what users and manifests see) to physical keys under ``base_prefix``."""
+
+    base_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        prefix = self.base_prefix.strip("/")
+        object.__setattr__(self, "base_prefix", f"{prefix}/" if prefix else "")
+
+    def physical(self, key: str) -> str:
+        """The key as stored in the bucket."""
+        if not key:
+            raise InvalidKeyError(key, "empty key")
+        if key.startswith("/"):
+            raise InvalidKeyError(key, "keys are relative; drop the leading '/'")
+        return self.base_prefix + key
+
+    def physical_prefix(self, prefix: str) -> str:
+        """A listing prefix as stored in the bucket (an empty prefix means everything)."""
+        return self.base_prefix + prefix.lstrip("/")
+
+    def logical(self, physical_key: str) -> str:
+        """The key without the base prefix, so it round-trips into :meth:`physical`."""
+        if self.base_prefix and physical_key.startswith(self.base_prefix):
+            return physical_key[len(self.base_prefix) :]
+        return physical_key
+
+
+def split_virtual_key(key: str) -> tuple[str, str | None]:
+    """Split ``archive.tar#member`` into ``(archive, member)``; a plain key gives ``(key, None)``."""
+    archive, sep, member = key.partition("#")
+    if sep and member:
+        return archive, member
+    return key, None
+
+
+def virtual_key(archive_key: str, member_path: str) -> str:
+    """The key a shard member is known by: ``archive_key#member_path``."""
+    return f"{archive_key}#{member_path}"
