@@ -1,0 +1,1 @@
+"""s3exchange_torch: a PyTorch IterableDataset over s3exchange manifests."""
