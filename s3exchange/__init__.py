@@ -1,1 +1,74 @@
-"""s3exchange: exchange training data through S3-compatible object storage."""
+"""s3exchange: exchange training data through S3-compatible object storage.
+
+Loose objects, JSONL manifests and streaming tar shards over an injected boto3 client. This
+package never imports torch; the PyTorch dataset lives in :mod:`s3exchange_torch`.
+"""
+
+from .body import ObjectStream, RetryPolicy
+from .errors import (
+    AccessDeniedError,
+    ConcurrentModificationError,
+    DeleteError,
+    IntegrityError,
+    InvalidKeyError,
+    InvalidManifestError,
+    ManifestNotFoundError,
+    MissingPlaceholderError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    ReadInterruptedError,
+    S3ExchangeError,
+    ShardReadError,
+    ShardWriteError,
+    StorageError,
+    UploadError,
+)
+from .settings import S3Settings
+from .shard import Shard, ShardMember
+from .store import S3ExchangeStore
+from .types import (
+    CompactReport,
+    DeleteFailure,
+    DeleteReport,
+    FileEntry,
+    ManifestEntry,
+    ManifestRefEntry,
+    ShardEntry,
+    ShardItem,
+)
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "AccessDeniedError",
+    "CompactReport",
+    "ConcurrentModificationError",
+    "DeleteError",
+    "DeleteFailure",
+    "DeleteReport",
+    "FileEntry",
+    "IntegrityError",
+    "InvalidKeyError",
+    "InvalidManifestError",
+    "ManifestEntry",
+    "ManifestNotFoundError",
+    "ManifestRefEntry",
+    "MissingPlaceholderError",
+    "ObjectChangedError",
+    "ObjectNotFoundError",
+    "ObjectStream",
+    "ReadInterruptedError",
+    "RetryPolicy",
+    "S3ExchangeError",
+    "S3ExchangeStore",
+    "S3Settings",
+    "Shard",
+    "ShardEntry",
+    "ShardItem",
+    "ShardMember",
+    "ShardReadError",
+    "ShardWriteError",
+    "StorageError",
+    "UploadError",
+    "__version__",
+]

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 
 class S3ExchangeError(Exception):
-    """Base class of every error this library raises on purpose."""
+    """Base class of every error this library raises on purpose.
+
+    Every subclass can also be built from one pre-formatted message (its other arguments
+    default to ``None``): PyTorch's DataLoader re-raises a worker's exception in the main
+    process as ``type(exc)(message)``, and this keeps the domain type across that boundary.
+    """
 
 
 class MissingPlaceholderError(S3ExchangeError, KeyError):
     """A key template names a ``{placeholder}`` that no variable fills."""
 
-    def __init__(self, placeholder: str, template: str) -> None:
+    def __init__(self, placeholder: str, template: str | None = None) -> None:
         self.placeholder = placeholder
         self.template = template
-        super().__init__(f"missing placeholder {{{placeholder}}} in key template {template!r}")
+        if template is None:
+            super().__init__(placeholder)
+        else:
+            super().__init__(f"missing placeholder {{{placeholder}}} in key template {template!r}")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
@@ -22,10 +30,10 @@ class MissingPlaceholderError(S3ExchangeError, KeyError):
 class InvalidKeyError(S3ExchangeError, ValueError):
     """A key or key template cannot name an S3 object."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str | None = None) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(f"invalid key {key!r}: {reason}")
+        super().__init__(key if reason is None else f"invalid key {key!r}: {reason}")
 
 
 class ObjectNotFoundError(S3ExchangeError, KeyError):
@@ -53,50 +61,56 @@ class ManifestNotFoundError(ObjectNotFoundError):
 class InvalidManifestError(S3ExchangeError, ValueError):
     """A manifest line (or the manifest graph) is not valid; names the key and 1-based line."""
 
-    def __init__(self, key: str | None, reason: str, line: int | None = None) -> None:
+    def __init__(self, key: str | None, reason: str | None = None, line: int | None = None) -> None:
         self.key = key
         self.line = line
         self.reason = reason
         where = key if key is not None else "<entries>"
         at = f" line {line}" if line is not None else ""
-        super().__init__(f"invalid manifest {where!r}{at}: {reason}")
+        super().__init__(f"invalid manifest {where!r}{at}: {reason}" if reason else key)
 
 
 class ShardWriteError(S3ExchangeError):
     """A shard archive could not be built from its items; nothing was uploaded."""
 
-    def __init__(self, archive_key: str, reason: str, member_path: str | None = None) -> None:
+    def __init__(
+        self, archive_key: str, reason: str | None = None, member_path: str | None = None
+    ) -> None:
         self.archive_key = archive_key
         self.member_path = member_path
         self.reason = reason
         member = f" member {member_path!r}" if member_path is not None else ""
-        super().__init__(f"cannot write shard {archive_key!r}{member}: {reason}")
+        text = f"cannot write shard {archive_key!r}{member}: {reason}"
+        super().__init__(archive_key if reason is None else text)
 
 
 class ShardReadError(S3ExchangeError):
     """A shard archive is corrupt, truncated or disagrees with its manifest."""
 
-    def __init__(self, archive_key: str, reason: str, member_path: str | None = None) -> None:
+    def __init__(
+        self, archive_key: str, reason: str | None = None, member_path: str | None = None
+    ) -> None:
         self.archive_key = archive_key
         self.member_path = member_path
         self.reason = reason
         member = f" member {member_path!r}" if member_path is not None else ""
-        super().__init__(f"cannot read shard {archive_key!r}{member}: {reason}")
+        text = f"cannot read shard {archive_key!r}{member}: {reason}"
+        super().__init__(archive_key if reason is None else text)
 
 
 class IntegrityError(S3ExchangeError):
     """An object's bytes disagree with the size or checksum its manifest entry records."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str | None = None) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(f"integrity check failed for {key!r}: {reason}")
+        super().__init__(key if reason is None else f"integrity check failed for {key!r}: {reason}")
 
 
 class ObjectChangedError(S3ExchangeError):
     """An object was replaced while it was being read; resuming would mix two versions."""
 
-    def __init__(self, key: str, etag: str | None) -> None:
+    def __init__(self, key: str, etag: str | None = None) -> None:
         self.key = key
         self.etag = etag
         super().__init__(f"object {key!r} changed while it was read (expected ETag {etag})")
@@ -105,37 +119,49 @@ class ObjectChangedError(S3ExchangeError):
 class ReadInterruptedError(S3ExchangeError):
     """A streamed read failed and could not be resumed within the retry budget."""
 
-    def __init__(self, key: str, offset: int, attempts: int, cause: BaseException) -> None:
+    def __init__(
+        self,
+        key: str,
+        offset: int | None = None,
+        attempts: int | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
         self.key = key
         self.offset = offset
         self.attempts = attempts
-        super().__init__(
-            f"reading {key!r} failed at byte {offset} after {attempts} attempts: {cause!r}"
-        )
+        text = f"reading {key!r} failed at byte {offset} after {attempts} attempts: {cause!r}"
+        super().__init__(key if offset is None else text)
 
 
 class UploadError(S3ExchangeError):
     """An upload failed; the partial upload was aborted and nothing was written."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str | None = None) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(f"upload of {key!r} failed and was aborted: {reason}")
+        text = f"upload of {key!r} failed and was aborted: {reason}"
+        super().__init__(key if reason is None else text)
 
 
 class ConcurrentModificationError(S3ExchangeError):
     """A conditional write lost its race too many times, or the server ignores conditions."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str | None = None) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(f"concurrent update of {key!r} failed: {reason}")
+        super().__init__(
+            key if reason is None else f"concurrent update of {key!r} failed: {reason}"
+        )
 
 
 class DeleteError(S3ExchangeError):
     """Some keys of a batch delete failed; ``errors`` lists (key, code, message)."""
 
-    def __init__(self, errors: list[tuple[str, str, str]]) -> None:
+    def __init__(self, errors: list[tuple[str, str, str]] | str) -> None:
+        if isinstance(errors, str):
+            self.errors: list[tuple[str, str, str]] = []
+            super().__init__(errors)
+            return
         self.errors = errors
         first = "; ".join(f"{k!r}: {c} {m}" for k, c, m in errors[:5])
         more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -145,11 +171,18 @@ class DeleteError(S3ExchangeError):
 class StorageError(S3ExchangeError):
     """An S3 request failed for a reason the library cannot map to a narrower error."""
 
-    def __init__(self, key: str | None, operation: str, code: str, message: str) -> None:
+    def __init__(
+        self,
+        key: str | None,
+        operation: str | None = None,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
         self.key = key
         self.operation = operation
         self.code = code
-        super().__init__(f"{operation} {key!r} failed: {code} {message}")
+        text = f"{operation} {key!r} failed: {code} {message}"
+        super().__init__(key if operation is None else text)
 
 
 class AccessDeniedError(StorageError):

@@ -68,7 +68,7 @@ class KeySpace:
 
 
 def split_virtual_key(key: str) -> tuple[str, str | None]:
-    """Split ``archive.tar#member`` into ``(archive, member)``; a plain key gives ``(key, None)``."""
+    """Split ``archive.tar#member`` into its parts; a plain key gives ``(key, None)``."""
     archive, sep, member = key.partition("#")
     if sep and member:
         return archive, member

@@ -20,6 +20,7 @@ ItemSource: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike[str] 
 """What a shard member or loose object is made from: bytes, a local path, or a binary file."""
 
 INTERNAL_MANIFEST_PATH = "__manifest__.jsonl"
+MANIFEST_CONTENT_TYPE = "application/x-ndjson"
 
 
 class FileEntry(TypedDict, total=False):
@@ -85,7 +86,6 @@ class DeleteReport(TypedDict):
     deleted_object_count: int
     deleted_archive_count: int
     deleted_manifest_count: int
-    missing_count: int
     errors: list[DeleteFailure]
 
 
@@ -98,7 +98,6 @@ class CompactReport(TypedDict):
     file_entries: int
     shard_entries: int
     manifest_ref_entries: int
-    manifests_read: int
 
 
 class ListedObject(TypedDict):

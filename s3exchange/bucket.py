@@ -1,0 +1,286 @@
+"""Every S3 request the library makes, against one bucket and key space, errors translated once.
+
+A :class:`Bucket` pickles without its client and rebuilds one lazily in a new process (spawned
+DataLoader workers) or after a fork (boto3 clients are neither picklable nor fork-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .body import OpenedBody
+from .errors import (
+    AccessDeniedError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+)
+from .keys import KeySpace
+from .types import DeleteFailure, ListedObject
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from .settings import S3Settings
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
+CONFLICT_CODES = frozenset({"ConditionalRequestConflict", "409", "OperationAborted"})
+DENIED_CODES = frozenset(
+    {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+)
+DELETE_BATCH = 1000
+
+
+def error_code(exc: ClientError) -> str:
+    """The S3 error code of a client error (``"NoSuchKey"``, ``"412"`` ...)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def translate(exc: BaseException, key: str | None, operation: str) -> Exception:
+    """Map a botocore failure to the library's own error; the one place this is done."""
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        if code in NOT_FOUND_CODES and key is not None:
+            return ObjectNotFoundError(key)
+        if code in DENIED_CODES:
+            return AccessDeniedError(key, operation, code, message or "access denied")
+        return StorageError(key, operation, code, message)
+    return StorageError(key, operation, type(exc).__name__, str(exc))
+
+
+@dataclass(frozen=True)
+class ClientFactory:
+    """How to build an equivalent S3 client in another process; never holds a live client."""
+
+    kwargs: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: S3Settings) -> ClientFactory:
+        return cls(settings.client_kwargs())
+
+    @classmethod
+    def from_client(cls, client: S3Client) -> ClientFactory:
+        """Capture endpoint, region, config and (static) credentials of an existing client.
+
+        Refreshable credentials (instance roles, SSO, assume-role) are not copied: the new
+        process resolves them through boto3's normal chain, as the original did.
+        """
+        from botocore.credentials import RefreshableCredentials
+
+        kwargs: dict[str, Any] = {
+            "endpoint_url": client.meta.endpoint_url,
+            "region_name": client.meta.region_name,
+            "config": client.meta.config,
+        }
+        signer = getattr(client, "_request_signer", None)
+        credentials = getattr(signer, "_credentials", None)
+        if credentials is not None and not isinstance(credentials, RefreshableCredentials):
+            frozen = credentials.get_frozen_credentials()
+            kwargs["aws_access_key_id"] = frozen.access_key
+            kwargs["aws_secret_access_key"] = frozen.secret_key
+            if frozen.token:
+                kwargs["aws_session_token"] = frozen.token
+        return cls(kwargs)
+
+    def create(self) -> S3Client:
+        import boto3
+
+        client: S3Client = boto3.session.Session().client("s3", **self.kwargs)
+        return client
+
+
+class Bucket:
+    """One bucket through a :class:`KeySpace`; methods take logical keys."""
+
+    def __init__(self, client: S3Client, name: str, keyspace: KeySpace) -> None:
+        self.name = name
+        self.keyspace = keyspace
+        self._client: S3Client | None = client
+        self._factory = ClientFactory.from_client(client)
+        self._pid = os.getpid()
+
+    @classmethod
+    def from_factory(cls, factory: ClientFactory, name: str, keyspace: KeySpace) -> Bucket:
+        bucket = cls.__new__(cls)
+        bucket.name, bucket.keyspace, bucket._factory = name, keyspace, factory
+        bucket._client, bucket._pid = None, os.getpid()
+        return bucket
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 client, rebuilt after a fork or unpickling."""
+        if self._client is None or self._pid != os.getpid():
+            self._client = self._factory.create()
+            self._pid = os.getpid()
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "keyspace": self.keyspace, "factory": self._factory}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name, self.keyspace = state["name"], state["keyspace"]
+        self._factory, self._client, self._pid = state["factory"], None, os.getpid()
+
+    def __repr__(self) -> str:
+        return f"Bucket({self.name!r}, base_prefix={self.keyspace.base_prefix!r})"
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def open(self, key: str, offset: int = 0, etag: str | None = None) -> OpenedBody:
+        """GET ``key`` from ``offset``; with ``etag``, fail with ObjectChangedError if replaced."""
+        args: dict[str, Any] = {"Bucket": self.name, "Key": self.keyspace.physical(key)}
+        if offset:
+            args["Range"] = f"bytes={offset}-"
+        if etag:
+            args["IfMatch"] = etag
+        try:
+            response = self.client.get_object(**args)
+        except ClientError as exc:
+            if etag and error_code(exc) in PRECONDITION_CODES:
+                raise ObjectChangedError(key, etag) from None
+            if error_code(exc) == "InvalidRange" and offset:
+                raise ObjectChangedError(key, etag) from None
+            raise translate(exc, key, "GetObject") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, key, "GetObject") from exc
+        length = response.get("ContentLength")
+        return OpenedBody(
+            body=response["Body"],
+            size=None if length is None else offset + int(length),
+            etag=response.get("ETag"),
+            content_type=response.get("ContentType"),
+            metadata=dict(response.get("Metadata") or {}),
+        )
+
+    def read_bytes(self, key: str) -> tuple[bytes, str | None]:
+        """The whole (small) object and its ETag, e.g. a root manifest about to be replaced."""
+        opened = self.open(key)
+        try:
+            return opened.body.read(), opened.etag
+        finally:
+            opened.body.close()
+
+    def head(self, key: str) -> dict[str, Any]:
+        """Size, ETag, content type and metadata of ``key``."""
+        try:
+            response = self.client.head_object(Bucket=self.name, Key=self.keyspace.physical(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, key, "HeadObject") from exc
+        return dict(response)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def list_objects(self, prefix: str = "") -> Iterator[ListedObject]:
+        """Every object under ``prefix`` (logical), page by page, lazily."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        physical = self.keyspace.physical_prefix(prefix)
+        try:
+            for page in paginator.paginate(Bucket=self.name, Prefix=physical):
+                for obj in page.get("Contents", []):
+                    listed: ListedObject = {
+                        "key": self.keyspace.logical(obj["Key"]),
+                        "size": int(obj.get("Size", 0)),
+                    }
+                    if "ETag" in obj:
+                        listed["etag"] = obj["ETag"]
+                    if "LastModified" in obj:
+                        listed["last_modified"] = obj["LastModified"].isoformat()
+                    yield listed
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, prefix, "ListObjectsV2") from exc
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> str | None:
+        """PUT a small object in one request; returns its ETag. Conditions raise ClientError."""
+        args: dict[str, Any] = {
+            "Bucket": self.name,
+            "Key": self.keyspace.physical(key),
+            "Body": body,
+        }
+        if content_type:
+            args["ContentType"] = content_type
+        if if_match:
+            args["IfMatch"] = if_match
+        if if_none_match:
+            args["IfNoneMatch"] = "*"
+        if metadata:
+            args["Metadata"] = metadata
+        try:
+            response = self.client.put_object(**args)
+        except ClientError as exc:
+            if if_match or if_none_match:
+                raise  # the caller tells a lost race from a failure
+            raise translate(exc, key, "PutObject") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, key, "PutObject") from exc
+        etag: str | None = response.get("ETag")
+        return etag
+
+    def delete(self, key: str) -> None:
+        """Delete one key (S3 answers success for a key that does not exist)."""
+        try:
+            self.client.delete_object(Bucket=self.name, Key=self.keyspace.physical(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, key, "DeleteObject") from exc
+
+    def delete_many(self, keys: Iterable[str]) -> tuple[int, list[DeleteFailure]]:
+        """Delete in batches of 1000; returns (deleted count, per-key failures)."""
+        deleted = 0
+        failures: list[DeleteFailure] = []
+        batch: list[str] = []
+
+        def flush() -> None:
+            nonlocal deleted
+            if not batch:
+                return
+            objects = [{"Key": self.keyspace.physical(k)} for k in batch]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.name,
+                    Delete={"Objects": objects, "Quiet": True},  # type: ignore[typeddict-item]
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise translate(exc, batch[0], "DeleteObjects") from exc
+            errors = response.get("Errors", [])
+            for err in errors:
+                failures.append(
+                    {
+                        "key": self.keyspace.logical(err.get("Key", "")),
+                        "code": err.get("Code", ""),
+                        "message": err.get("Message", ""),
+                    }
+                )
+            deleted += len(batch) - len(errors)
+            batch.clear()
+
+        for key in keys:
+            batch.append(key)
+            if len(batch) == DELETE_BATCH:
+                flush()
+        flush()
+        return deleted, failures

@@ -1,0 +1,205 @@
+"""A write-only file object over an S3 multipart upload: bounded memory, all or nothing.
+
+Bytes are cut into fixed-size parts and uploaded by a small thread pool while the caller keeps
+writing, so building a tar stream overlaps with the network. ``close()`` completes the upload;
+``abort()`` (or leaving the ``with`` block by an exception) aborts it, so a failure leaves no
+object and no pending upload behind. A stream that ends below one part size is sent with a single
+``PutObject`` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import UploadError
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+MAX_PARTS = 10_000
+
+
+class MultipartWriter(io.RawIOBase):
+    """Write bytes to ``bucket/key``; the object appears only when :meth:`close` succeeds.
+
+    Memory is bounded by ``part_size * (concurrency + 1)``.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = 2,
+        content_type: str | None = None,
+        extra_args: dict[str, Any] | None = None,
+        display_key: str | None = None,
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be >= {MIN_PART_SIZE} bytes (S3's minimum)")
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._display_key = display_key or key
+        self._part_size = part_size
+        self._concurrency = max(1, concurrency)
+        self._extra: dict[str, Any] = dict(extra_args or {})
+        if content_type:
+            self._extra["ContentType"] = content_type
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._pending: deque[Future[dict[str, Any]]] = deque()
+        self._parts: list[dict[str, Any]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._bytes_written = 0
+        self._done = False
+        self.etag: str | None = None
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes accepted so far (the object's size once closed)."""
+        return self._bytes_written
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        """Buffer ``data``; every full part is handed to the upload pool."""
+        if self._done:
+            raise ValueError("write to a closed MultipartWriter")
+        view = memoryview(data).cast("B")
+        self._buffer += view
+        self._bytes_written += len(view)
+        while len(self._buffer) >= self._part_size:
+            part = bytes(self._buffer[: self._part_size])
+            del self._buffer[: self._part_size]
+            self._submit(part)
+        return len(view)
+
+    def _submit(self, body: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._call(
+                "CreateMultipartUpload",
+                lambda: self._client.create_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, **self._extra
+                ),
+            )["UploadId"]
+            self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="s3x-part")
+        number = len(self._parts) + len(self._pending) + 1
+        if number > MAX_PARTS:
+            raise UploadError(self._display_key, f"more than {MAX_PARTS} parts; raise part_size")
+        while len(self._pending) >= self._concurrency:
+            self._collect_one()
+        assert self._pool is not None
+        self._pending.append(self._pool.submit(self._upload_part, number, body))
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+        assert self._upload_id is not None
+        upload_id = self._upload_id
+        response = self._call(
+            f"UploadPart {number}",
+            lambda: self._client.upload_part(
+                Bucket=self._bucket, Key=self._key, UploadId=upload_id, PartNumber=number, Body=body
+            ),
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _collect_one(self) -> None:
+        self._parts.append(self._pending.popleft().result())
+
+    def _call(self, what: str, request: Any) -> Any:
+        try:
+            return request()
+        except (ClientError, BotoCoreError) as exc:
+            raise UploadError(self._display_key, f"{what}: {exc}") from exc
+
+    def close(self) -> None:
+        """Upload what is left and complete the upload; on failure abort and raise."""
+        if self._done:
+            return
+        try:
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._done = True
+            super().close()
+
+    def _finish(self) -> None:
+        if self._upload_id is None:
+            body = bytes(self._buffer)
+            self._buffer.clear()
+            response = self._call(
+                "PutObject",
+                lambda: self._client.put_object(
+                    Bucket=self._bucket, Key=self._key, Body=body, **self._extra
+                ),
+            )
+            self.etag = response.get("ETag")
+            return
+        if self._buffer:
+            self._submit(bytes(self._buffer))
+            self._buffer.clear()
+        while self._pending:
+            self._collect_one()
+        self._shutdown_pool()
+        upload_id = self._upload_id
+        response = self._call(
+            "CompleteMultipartUpload",
+            lambda: self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": self._parts},  # type: ignore[typeddict-item]
+            ),
+        )
+        self.etag = response.get("ETag")
+
+    def abort(self) -> None:
+        """Drop everything: pending parts are cancelled and the upload is aborted server-side."""
+        self._done = True
+        self._buffer.clear()
+        for future in self._pending:
+            future.cancel()
+        self._shutdown_pool()
+        self._pending.clear()
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=upload_id
+                )
+            except (ClientError, BotoCoreError) as exc:
+                # The original error matters more; a lifecycle rule reaps what is left.
+                log.warning("could not abort the upload of %r: %s", self._display_key, exc)
+        super().close()
+
+    def _shutdown_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()

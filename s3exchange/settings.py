@@ -1,0 +1,75 @@
+"""Connection settings from ``S3EXCHANGE_*`` environment variables or a ``.env`` file."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+class S3Settings(BaseSettings):
+    """Where the bucket lives and how to talk to it.
+
+    With ``endpoint_url`` set (MinIO, Garage, Ceph, SeaweedFS ...) the checksum behaviour defaults
+    to ``when_required``: boto3 >= 1.36 otherwise sends CRC trailers many S3-compatible servers
+    reject. Without credentials here, boto3's normal credential chain applies.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="S3EXCHANGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    bucket: str | None = None
+    base_prefix: str = ""
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    max_pool_connections: int = Field(default=32, ge=1)
+    retry_mode: Literal["legacy", "standard", "adaptive"] = "standard"
+    max_attempts: int = Field(default=5, ge=1)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+    request_checksum_calculation: Literal["when_supported", "when_required"] | None = None
+    response_checksum_validation: Literal["when_supported", "when_required"] | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``boto3.client("s3", ...)``; secrets are unwrapped only here."""
+        from botocore.config import Config
+
+        default_checksum: Literal["when_supported", "when_required"] = (
+            "when_required" if self.endpoint_url else "when_supported"
+        )
+        config = Config(
+            region_name=self.region,
+            s3={"addressing_style": self.addressing_style},
+            max_pool_connections=self.max_pool_connections,
+            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            request_checksum_calculation=self.request_checksum_calculation or default_checksum,
+            response_checksum_validation=self.response_checksum_validation or default_checksum,
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        if self.region:
+            kwargs["region_name"] = self.region
+        for name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+            secret: SecretStr | None = getattr(self, name)
+            if secret is not None:
+                kwargs[name] = secret.get_secret_value()
+        return kwargs
+
+    def create_client(self) -> S3Client:
+        """A boto3 S3 client built from these settings."""
+        import boto3
+
+        client: S3Client = boto3.client("s3", **self.client_kwargs())
+        return client

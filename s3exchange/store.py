@@ -1,0 +1,639 @@
+"""The public façade: :class:`S3ExchangeStore` resolves keys and delegates to the modules that
+do the work (``bucket`` for requests, ``manifest`` and ``shard`` for formats, ``parts``,
+``deletion`` and ``compaction`` for the longer workflows)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
+
+from . import compaction, deletion, manifest, parts
+from .body import ObjectStream, OpenedBody, RetryPolicy
+from .bucket import Bucket, ClientFactory
+from .errors import (
+    IntegrityError,
+    InvalidManifestError,
+    ManifestNotFoundError,
+    ObjectNotFoundError,
+    ShardWriteError,
+)
+from .keys import KeySpace, resolve_template, split_virtual_key, virtual_key
+from .multipart import DEFAULT_PART_SIZE, MultipartWriter
+from .shard import Shard, ShardMember, iter_shard, read_internal_manifest, write_shard
+from .types import (
+    INTERNAL_MANIFEST_PATH,
+    MANIFEST_CONTENT_TYPE,
+    CompactReport,
+    Compression,
+    DeleteReport,
+    FileEntry,
+    ItemSource,
+    ListedObject,
+    ManifestEntry,
+    ShardEntry,
+    ShardItem,
+    UpdateMode,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from .settings import S3Settings
+
+ManifestSource = str | Iterable[ManifestEntry]
+"""A manifest key (template allowed) or entries already in hand."""
+
+
+def infer_id(key: str) -> str:
+    """Default ``id`` of an entry: the key's basename without its extension."""
+    base = posixpath.basename(key)
+    stem, _, _ = base.partition(".")
+    return stem or base
+
+
+class S3ExchangeStore:
+    """Loose objects, manifests and shard archives in one bucket, under an optional base prefix.
+
+    Every key argument is a template: ``{name}`` placeholders are filled from ``default_vars``
+    merged with the call's ``vars``. Keys the store returns (listings, entries) are logical: the
+    base prefix is stripped, so they round-trip into any other call. Keys read *from* manifests
+    are taken literally, never re-templated.
+    """
+
+    def __init__(
+        self,
+        s3_client: S3Client,
+        bucket: str,
+        base_prefix: str = "",
+        default_vars: Mapping[str, Any] | None = None,
+        *,
+        infer_id: Callable[[str], str] | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        upload_concurrency: int = 2,
+        verify: bool = True,
+        read_retry: RetryPolicy | None = None,
+        conditional_writes: Literal["auto", "off"] = "auto",
+    ) -> None:
+        self.bucket = bucket
+        self.base_prefix = KeySpace(base_prefix).base_prefix
+        self.default_vars: dict[str, Any] = dict(default_vars or {})
+        self.infer_id = infer_id or globals()["infer_id"]
+        self.part_size = part_size
+        self.upload_concurrency = upload_concurrency
+        self.verify = verify
+        self.read_retry = read_retry or RetryPolicy()
+        self.conditional_writes = conditional_writes
+        self._bucket = Bucket(s3_client, bucket, KeySpace(base_prefix))
+
+    @classmethod
+    def from_settings(cls, settings: S3Settings | None = None, **kwargs: Any) -> S3ExchangeStore:
+        """A store from :class:`S3Settings` (``S3EXCHANGE_*`` environment when omitted)."""
+        from .settings import S3Settings
+
+        settings = settings or S3Settings()
+        bucket = kwargs.pop("bucket", None) or settings.bucket
+        if not bucket:
+            raise ValueError("no bucket: set S3EXCHANGE_BUCKET or pass bucket=")
+        kwargs.setdefault("base_prefix", settings.base_prefix)
+        store = cls(settings.create_client(), bucket, **kwargs)
+        store._bucket = Bucket.from_factory(
+            ClientFactory.from_settings(settings), bucket, KeySpace(store.base_prefix)
+        )
+        return store
+
+    @property
+    def s3_client(self) -> S3Client:
+        """The boto3 client (rebuilt transparently in a forked or spawned process)."""
+        return self._bucket.client
+
+    def __repr__(self) -> str:
+        return f"S3ExchangeStore(bucket={self.bucket!r}, base_prefix={self.base_prefix!r})"
+
+    def scope(self, **vars: Any) -> S3ExchangeStore:
+        """A store sharing this one's connection with extra default placeholder values."""
+        scoped = object.__new__(type(self))
+        scoped.__dict__.update(self.__dict__)
+        scoped.default_vars = {**self.default_vars, **vars}
+        return scoped
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def resolve(self, template: str, vars: Mapping[str, Any] | None = None) -> str:
+        """The logical key for ``template``: placeholders filled, base prefix not applied."""
+        return resolve_template(template, {**self.default_vars, **(vars or {})})
+
+    def _resolve_key(self, template: str, vars: Mapping[str, Any] | None = None) -> str:
+        """The physical key for ``template``: placeholders filled and base prefix applied."""
+        return self._bucket.keyspace.physical(self.resolve(template, vars))
+
+    # -- loose objects -------------------------------------------------------------------------
+
+    def _stream(self, key: str, first: OpenedBody | None = None) -> ObjectStream:
+        def reopen(offset: int, etag: str | None) -> OpenedBody:
+            return self._bucket.open(key, offset, etag)
+
+        return ObjectStream(key, reopen, first, retry=self.read_retry)
+
+    def get_object(self, key: str, vars: Mapping[str, Any] | None = None) -> ObjectStream:
+        """A streaming, resumable body of ``key`` (``read(n)``, ``iter_chunks``, ``with``).
+
+        A virtual key ``archive#member`` that names no object opens that shard member.
+        """
+        resolved = self.resolve(key, vars)
+        try:
+            return self._stream(resolved, self._bucket.open(resolved))
+        except ObjectNotFoundError:
+            archive, member = split_virtual_key(resolved)
+            if member is None:
+                raise
+        return self._open_member(archive, member)
+
+    def _open_member(self, archive_key: str, member_path: str) -> ObjectStream:
+        compression: Compression = "gzip" if archive_key.endswith((".gz", ".tgz")) else None
+        entry: ShardEntry = {
+            "kind": "shard",
+            "archive_key": archive_key,
+            "compression": compression,
+        }
+        for member in self.iter_shard_members(
+            entry, select=lambda _, e: e["member_path"] == member_path
+        ):
+            data = member.read()
+            opened = OpenedBody(body=_BytesBody(data), size=len(data), etag=None)
+            return ObjectStream(member.entry["key"], _no_reopen, opened)
+        raise ObjectNotFoundError(virtual_key(archive_key, member_path))
+
+    def head_object(self, key: str, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The object's HEAD response (ContentLength, ETag, ContentType, Metadata ...)."""
+        return self._bucket.head(self.resolve(key, vars))
+
+    def exists(self, key: str, vars: Mapping[str, Any] | None = None) -> bool:
+        """Whether an object is stored at ``key``."""
+        return self._bucket.exists(self.resolve(key, vars))
+
+    def put_object(
+        self,
+        key: str,
+        data: ItemSource,
+        id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        vars: Mapping[str, Any] | None = None,
+    ) -> FileEntry:
+        """Upload bytes, a local file (str / Path) or a binary file object; returns its entry.
+
+        Large sources stream through a multipart upload (never read whole into memory) that is
+        aborted on any error, so a failure leaves no object behind. The entry records size,
+        ETag and sha256.
+        """
+        resolved = self.resolve(key, vars)
+        digest = hashlib.sha256()
+        if isinstance(data, bytes | bytearray | memoryview):
+            body = bytes(data)
+            digest.update(body)
+            etag = self._bucket.put(resolved, body, content_type=content_type)
+            size = len(body)
+        else:
+            etag, size = self._upload_stream(resolved, data, digest, content_type)
+        entry: FileEntry = {"kind": "file", "key": resolved, "id": id or self.infer_id(resolved)}
+        if meta is not None:
+            entry["meta"] = dict(meta)
+        entry["size_bytes"] = size
+        if etag:
+            entry["etag"] = etag
+        entry["sha256"] = digest.hexdigest()
+        if content_type:
+            entry["content_type"] = content_type
+        return entry
+
+    def _upload_stream(
+        self,
+        key: str,
+        data: str | os.PathLike[str] | IO[bytes],
+        digest: Any,
+        content_type: str | None,
+    ) -> tuple[str | None, int]:
+        writer = self._writer(key, content_type)
+        with writer:
+            if isinstance(data, str | os.PathLike):
+                with open(data, "rb") as source:
+                    _copy(source, writer, digest)
+            else:
+                _copy(data, writer, digest)
+        return writer.etag, writer.bytes_written
+
+    def _writer(self, key: str, content_type: str | None) -> MultipartWriter:
+        return MultipartWriter(
+            self._bucket.client,
+            self.bucket,
+            self._bucket.keyspace.physical(key),
+            part_size=self.part_size,
+            concurrency=self.upload_concurrency,
+            content_type=content_type,
+            display_key=key,
+        )
+
+    def delete_key(self, key: str, vars: Mapping[str, Any] | None = None) -> None:
+        """Delete one object (no error when it does not exist, as in S3)."""
+        self._bucket.delete(self.resolve(key, vars))
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def list_keys(self, prefix: str = "", vars: Mapping[str, Any] | None = None) -> Iterator[str]:
+        """Logical keys under ``prefix``, paginated lazily."""
+        for obj in self._bucket.list_objects(self.resolve(prefix, vars) if prefix else ""):
+            yield obj["key"]
+
+    def list_objects(
+        self, prefix: str = "", vars: Mapping[str, Any] | None = None
+    ) -> Iterator[ListedObject]:
+        """Objects under ``prefix`` with size, ETag and modification time."""
+        return self._bucket.list_objects(self.resolve(prefix, vars) if prefix else "")
+
+    # -- manifests -----------------------------------------------------------------------------
+
+    def iter_manifest_entries(
+        self,
+        manifest_key: str,
+        resolve_refs: bool = True,
+        vars: Mapping[str, Any] | None = None,
+    ) -> Iterator[ManifestEntry]:
+        """Entries of a manifest, lazily; ``manifest_ref`` entries are followed depth-first.
+
+        A reference cycle raises InvalidManifestError; a manifest referenced twice without a
+        cycle is read twice, as its author wrote it.
+        """
+        return self._iter_entries(self.resolve(manifest_key, vars), resolve_refs, ())
+
+    def _iter_entries(
+        self, key: str, resolve_refs: bool, path: tuple[str, ...]
+    ) -> Iterator[ManifestEntry]:
+        if key in path:
+            chain = " -> ".join((*path, key))
+            raise InvalidManifestError(key, f"manifest_ref cycle: {chain}")
+        for entry in self._read_manifest(key):
+            if resolve_refs and entry["kind"] == "manifest_ref":
+                yield from self._iter_entries(entry["key"], resolve_refs, (*path, key))
+            else:
+                yield entry
+
+    def _read_manifest(self, key: str) -> Iterator[ManifestEntry]:
+        try:
+            opened = self._bucket.open(key)
+        except ObjectNotFoundError:
+            raise ManifestNotFoundError(key, self.bucket) from None
+        with self._stream(key, opened) as stream:
+            yield from manifest.iter_entries_from_stream(stream, key=key)
+
+    def _entries(
+        self, source: ManifestSource, resolve_refs: bool, vars: Mapping[str, Any] | None
+    ) -> Iterator[ManifestEntry]:
+        if isinstance(source, str):
+            return self.iter_manifest_entries(source, resolve_refs, vars)
+        return self._flatten(source, resolve_refs)
+
+    def _flatten(
+        self, entries: Iterable[ManifestEntry], resolve_refs: bool
+    ) -> Iterator[ManifestEntry]:
+        for index, raw in enumerate(entries):
+            entry = manifest.validate_entry(raw, index=index)
+            if resolve_refs and entry["kind"] == "manifest_ref":
+                yield from self._iter_entries(entry["key"], True, ())
+            else:
+                yield entry
+
+    def write_manifest(
+        self,
+        key: str,
+        entries: Iterable[Mapping[str, Any]],
+        mode: UpdateMode = "overwrite",
+        vars: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Write entries as JSONL; returns the key written.
+
+        ``overwrite`` replaces the manifest at ``key``. ``append_parts`` writes the entries to a
+        new, uniquely named part beside it and appends a ``manifest_ref`` to the root with a
+        conditional write, so concurrent writers lose no part (see :mod:`s3exchange.parts`).
+        Entries are validated before anything is written.
+        """
+        resolved = self.resolve(key, vars)
+        body = b"".join(
+            manifest.dumps_entry(manifest.validate_entry(entry, key=resolved, index=i))
+            for i, entry in enumerate(entries)
+        )
+        if mode == "overwrite":
+            self._bucket.put(resolved, body, content_type=MANIFEST_CONTENT_TYPE)
+            return resolved
+        if mode == "append_parts":
+            return parts.append_part(
+                self._bucket, resolved, body, conditional=self.conditional_writes
+            )
+        raise ValueError(f"mode must be 'overwrite' or 'append_parts', not {mode!r}")
+
+    # -- reading objects through a manifest ----------------------------------------------------
+
+    def iter_objects(
+        self,
+        manifest: ManifestSource,
+        vars: Mapping[str, Any] | None = None,
+        *,
+        verify: bool | None = None,
+    ) -> Iterator[tuple[IO[bytes], FileEntry]]:
+        """``(stream, entry)`` for every file of a manifest, shards expanded member by member.
+
+        Lazy: one object is open at a time. Shard members are parsed from the archive's GET
+        stream; read each stream before advancing (the next member reuses the connection).
+        With ``verify`` (the store's default) sizes and checksums recorded in the manifest are
+        checked while streaming and a mismatch raises IntegrityError / ShardReadError.
+        """
+        check = self.verify if verify is None else verify
+        for entry in self._entries(manifest, True, vars):
+            if entry["kind"] == "file":
+                yield self.open_file_entry(entry, verify=check), entry
+            elif entry["kind"] == "shard":
+                for member in self.iter_shard_members(entry, verify=check):
+                    yield cast(IO[bytes], member.stream), member.entry
+
+    def open_file_entry(self, entry: FileEntry, *, verify: bool | None = None) -> IO[bytes]:
+        """Open a loose file entry, checking it against the manifest's etag, size and sha256."""
+        key = entry["key"]
+        stream = self._stream(key, self._bucket.open(key))
+        if not (self.verify if verify is None else verify):
+            return cast(IO[bytes], stream)
+        etag = entry.get("etag")
+        if etag and stream.etag and etag.strip('"') != stream.etag.strip('"'):
+            stream.close()
+            raise IntegrityError(key, f"ETag is {stream.etag}, manifest says {etag}")
+        size = entry.get("size_bytes")
+        if size is not None and stream.size is not None and size != stream.size:
+            stream.close()
+            raise IntegrityError(key, f"size is {stream.size} bytes, manifest says {size}")
+        return cast(IO[bytes], _CheckedStream(stream, size, entry.get("sha256")))
+
+    def iter_shard_members(
+        self,
+        entry: ShardEntry,
+        *,
+        select: Callable[[int, FileEntry], bool] | None = None,
+        verify: bool | None = None,
+    ) -> Iterator[ShardMember]:
+        """Stream a shard's members from its GET body; ``select`` skips members unread."""
+        key = entry["archive_key"]
+        with self._stream(key, self._bucket.open(key)) as stream:
+            yield from iter_shard(
+                stream,
+                archive_key=key,
+                compression=entry.get("compression"),
+                expected_count=entry.get("count"),
+                verify=self.verify if verify is None else verify,
+                select=select,
+                internal_manifest_path=entry.get("internal_manifest_path", INTERNAL_MANIFEST_PATH),
+            )
+
+    def read_shard_manifest(self, entry: ShardEntry) -> list[FileEntry]:
+        """A shard's internal manifest, read from the head of the archive only."""
+        key = entry["archive_key"]
+        with self._stream(key, self._bucket.open(key)) as stream:
+            members = read_internal_manifest(
+                stream, archive_key=key, compression=entry.get("compression")
+            )
+        return members
+
+    # -- shards --------------------------------------------------------------------------------
+
+    def put_shard_archive(
+        self,
+        archive_key: str,
+        shard_items: Iterable[ShardItem],
+        format: Literal["tar"] = "tar",
+        compression: Compression | Literal["none"] = None,
+        vars: Mapping[str, Any] | None = None,
+        *,
+        compresslevel: int = 6,
+    ) -> Shard:
+        """Stream a tar (or tar.gz) of ``shard_items`` straight into a multipart upload.
+
+        The internal manifest (``__manifest__.jsonl``: id, meta, size and sha256 per member) is
+        the first member. Nothing touches local disk; memory is bounded by the part size. Any
+        error aborts the upload, so no partial archive is left behind.
+        """
+        if format != "tar":
+            raise ValueError(f"unsupported shard format {format!r}: only 'tar'")
+        if compression == "none":
+            compression = None
+        if compression not in (None, "gzip"):
+            raise ValueError(f"unsupported compression {compression!r}: None or 'gzip'")
+        resolved = self.resolve(archive_key, vars)
+        items = list(shard_items)
+        if not items:
+            raise ShardWriteError(resolved, "no items")
+        content_type = "application/gzip" if compression else "application/x-tar"
+        writer = self._writer(resolved, content_type)
+        with writer:
+            result = write_shard(
+                items,
+                writer,
+                archive_key=resolved,
+                compression=compression,
+                compresslevel=compresslevel,
+            )
+        entry: ShardEntry = {
+            "kind": "shard",
+            "archive_key": resolved,
+            "format": "tar",
+            "compression": compression,
+            "internal_manifest_path": INTERNAL_MANIFEST_PATH,
+            "count": result.count,
+            "size_bytes": writer.bytes_written,
+            "members_size_bytes": result.members_size_bytes,
+        }
+        if writer.etag:
+            entry["etag"] = writer.etag
+        return Shard(entry=entry, members=result.members)
+
+    def put_sharded(
+        self,
+        manifest_key: str,
+        shard_entries: Iterable[ShardEntry],
+        update_mode: UpdateMode = "append_parts",
+        vars: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record shard entries in a manifest (``append_parts`` by default)."""
+        return self.write_manifest(manifest_key, shard_entries, mode=update_mode, vars=vars)
+
+    # -- listing through manifests -------------------------------------------------------------
+
+    def list_manifest_files(
+        self,
+        manifest: ManifestSource,
+        include_shards: bool = True,
+        vars: Mapping[str, Any] | None = None,
+    ) -> Iterator[FileEntry]:
+        """File entries of a manifest; with ``include_shards`` also every shard member (from
+        the internal manifests, which are read without downloading the archives' data)."""
+        for entry in self._entries(manifest, True, vars):
+            if entry["kind"] == "file":
+                yield entry
+            elif entry["kind"] == "shard" and include_shards:
+                yield from self._shard_files(entry)
+
+    def _shard_files(self, entry: ShardEntry) -> Iterator[FileEntry]:
+        archive = entry["archive_key"]
+        for member in self.read_shard_manifest(entry):
+            expanded: FileEntry = {**member}
+            expanded["archive_key"] = archive
+            expanded["member_path"] = member.get("member_path", member["key"])
+            expanded["key"] = virtual_key(archive, expanded["member_path"])
+            yield expanded
+
+    def list_by_manifest_prefix(
+        self,
+        manifest: ManifestSource,
+        prefix_filter: str,
+        include_shards: bool = True,
+        vars: Mapping[str, Any] | None = None,
+    ) -> Iterator[FileEntry]:
+        """File entries (and shard members) whose key or virtual key starts with the prefix.
+
+        A shard's internal manifest is read only when its virtual keys could match.
+        """
+        prefix = self.resolve(prefix_filter, vars)
+        for entry in self._entries(manifest, True, vars):
+            if entry["kind"] == "file":
+                if entry["key"].startswith(prefix):
+                    yield entry
+            elif entry["kind"] == "shard" and include_shards:
+                archive = entry["archive_key"]
+                if archive.startswith(prefix) or prefix.startswith(archive):
+                    for member in self._shard_files(entry):
+                        if member["key"].startswith(prefix):
+                            yield member
+
+    # -- deletion and compaction ---------------------------------------------------------------
+
+    def delete_prefix(
+        self, prefix: str, regex: str | None = None, vars: Mapping[str, Any] | None = None
+    ) -> int:
+        """Delete every key under ``prefix`` (matching ``regex`` when given); returns the count.
+
+        Per-key failures reported by the server raise DeleteError listing them, after every
+        other key has been deleted.
+        """
+        return deletion.delete_prefix(self._bucket, self.resolve(prefix, vars), regex)
+
+    def delete_manifest(
+        self,
+        manifest: str,
+        delete_manifests: bool = True,
+        dedupe: bool = True,
+        vars: Mapping[str, Any] | None = None,
+    ) -> DeleteReport:
+        """Delete everything a manifest references (recursively), and the manifests too."""
+        return deletion.delete_manifest(
+            self._bucket,
+            self.resolve(manifest, vars),
+            self._read_manifest,
+            delete_manifests=delete_manifests,
+            dedupe=dedupe,
+        )
+
+    def compact_manifest(
+        self,
+        src_manifest_key: str,
+        dst_manifest_key: str,
+        resolve_refs: bool = True,
+        expand_shards: bool = False,
+        vars: Mapping[str, Any] | None = None,
+    ) -> CompactReport:
+        """Flatten a manifest (and its parts) into one manifest at ``dst_manifest_key``."""
+        src = self.resolve(src_manifest_key, vars)
+        dst = self.resolve(dst_manifest_key, vars)
+        return compaction.compact(
+            self._bucket,
+            src,
+            dst,
+            entries=self._iter_entries(src, resolve_refs, ()),
+            expand=self._shard_files if expand_shards else None,
+            part_size=self.part_size,
+        )
+
+
+def _copy(source: IO[bytes], writer: MultipartWriter, digest: Any, chunk: int = 1 << 20) -> None:
+    while block := source.read(chunk):
+        digest.update(block)
+        writer.write(block)
+
+
+class _BytesBody:
+    """A body over bytes already in memory (a shard member opened by virtual key)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def read(self, amt: int | None = None) -> bytes:
+        end = len(self._data) if amt is None or amt < 0 else self._pos + amt
+        chunk = bytes(self._data[self._pos : end])
+        self._pos += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        return None
+
+
+def _no_reopen(offset: int, etag: str | None) -> OpenedBody:
+    raise AssertionError("an in-memory body never needs re-opening")
+
+
+class _CheckedStream:
+    """Passes reads through, hashing them; at the end compares size and sha256 to the entry."""
+
+    def __init__(self, stream: ObjectStream, size: int | None, sha256: str | None) -> None:
+        self._stream = stream
+        self._size = size
+        self._expected = sha256
+        self._digest = hashlib.sha256() if sha256 else None
+        self._seen = 0
+        self._checked = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        if data:
+            self._seen += len(data)
+            if self._digest is not None:
+                self._digest.update(data)
+        if not data or (n < 0):
+            self._check()
+        return data
+
+    def _check(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        key = self._stream.key
+        if self._size is not None and self._seen != self._size:
+            raise IntegrityError(key, f"read {self._seen} bytes, manifest says {self._size}")
+        if self._digest is not None and self._digest.hexdigest() != self._expected:
+            raise IntegrityError(key, "sha256 does not match the manifest")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        while chunk := self.read(chunk_size):
+            yield chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.iter_chunks()
+
+    def __enter__(self) -> _CheckedStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+
+    def close(self) -> None:
+        self._stream.close()
