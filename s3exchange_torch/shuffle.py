@@ -1,0 +1,94 @@
+"""A sample shuffle buffer whose decisions can be replayed without the data: pure, no I/O.
+
+The buffer holds up to ``size`` samples. Each arriving sample is appended; once the buffer is
+full, one slot chosen by the RNG is emitted (swapped to the end and popped); when the input ends
+the rest drains in RNG order. Which *slot* is emitted depends only on the RNG and on how many
+samples are buffered, never on the samples themselves. So running the same algorithm over
+positions ``0..total-1`` (:func:`replay`) tells, for any number ``k`` of samples already
+emitted, which input positions were emitted (those arrived and no longer buffered), which are
+still buffered (and in which slots), and leaves the RNG exactly where the live run had it.
+A resumed run fetches only the buffered positions and the ones not yet arrived, and continues
+with :func:`shuffled` to produce exactly the rest of the original sequence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+__all__ = ["ResumePoint", "buffer_rng", "replay", "shuffled"]
+
+T = TypeVar("T")
+
+
+def buffer_rng(seed: int, epoch: int, rank: int, worker_id: int, num_workers: int) -> random.Random:
+    """The buffer's RNG for one (seed, epoch, rank, worker): identical in every process."""
+    text = f"s3exchange.shuffle:{seed}:{epoch}:{rank}:{worker_id}:{num_workers}"
+    return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest(), "big"))
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a run stands after some samples were emitted.
+
+    ``arrived``: input positions ``[0, arrived)`` have entered the buffer. ``pending``: the
+    positions still buffered, in slot order. Every other position below ``arrived`` was emitted.
+    """
+
+    arrived: int
+    pending: tuple[int, ...] = ()
+
+
+def _pick(buffer: list[T], random01: float) -> T:
+    """Emit the slot ``random01`` designates: swap it to the end and pop it (O(1))."""
+    slot = int(random01 * len(buffer))
+    last = len(buffer) - 1
+    buffer[slot], buffer[last] = buffer[last], buffer[slot]
+    return buffer.pop()
+
+
+def shuffled(
+    items: Iterable[T], size: int, rng: random.Random, buffer: list[T] | None = None
+) -> Iterator[T]:
+    """Yield ``items`` through a shuffle buffer of ``size`` slots.
+
+    ``buffer`` pre-fills the slots (in slot order) when resuming from a :class:`ResumePoint`;
+    it is consumed. ``size <= 1`` still draws from ``rng`` (one draw per sample), so that replay
+    stays exact; callers skip the buffer entirely when they do not shuffle.
+    """
+    slots: list[T] = buffer if buffer is not None else []
+    draw = rng.random
+    size = max(size, 1)
+    for item in items:
+        slots.append(item)
+        if len(slots) >= size:
+            yield _pick(slots, draw())
+    while slots:
+        yield _pick(slots, draw())
+
+
+def replay(total: int, size: int, rng: random.Random, emitted: int) -> ResumePoint:
+    """Run the first ``emitted`` decisions of :func:`shuffled` over ``total`` positions.
+
+    Advances ``rng`` exactly as the live run did, so ``shuffled(rest, size, rng, buffer)`` then
+    continues the original sequence, where ``buffer`` holds the data of ``pending`` (slot order)
+    and ``rest`` the data of positions ``arrived..total-1``.
+    """
+    if not 0 <= emitted <= total:
+        raise ValueError(f"emitted must be in [0, {total}], got {emitted}")
+    slots: list[int] = []
+    draw = rng.random
+    size = max(size, 1)
+    arrived = done = 0
+    while done < emitted:
+        if arrived < total:
+            slots.append(arrived)
+            arrived += 1
+            if len(slots) < size:
+                continue
+        _pick(slots, draw())
+        done += 1
+    return ResumePoint(arrived, tuple(slots))

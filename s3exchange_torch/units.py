@@ -1,0 +1,194 @@
+"""Work units of a manifest: what the epoch plan splits, resolved once per dataset.
+
+A unit is a loose file (1 sample), a shard (``count`` samples, one per member) or, when
+grouping by key, a run of loose files sharing a sample key (1 sample) or a shard whose samples
+are its groups of consecutive members sharing a key. Sample keys follow webdataset: the path up
+to the first dot of its basename is the key, the rest (lower-cased) the field; a path without an
+extension belongs to no sample and is skipped, as webdataset skips it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeAlias
+
+from s3exchange import InvalidManifestError, S3ExchangeStore, ShardReadError
+from s3exchange.keys import split_virtual_key
+from s3exchange.manifest import validate_entry
+from s3exchange.types import FileEntry, ManifestEntry, ShardEntry
+
+__all__ = [
+    "GroupBy",
+    "Unit",
+    "count_groups",
+    "member_path",
+    "resolve_units",
+    "sample_key",
+]
+
+GroupBy: TypeAlias = Literal["key"] | None
+"""``None``: one sample per file; ``"key"``: one sample per webdataset key (all its fields)."""
+
+Unit: TypeAlias = FileEntry | ShardEntry | tuple[FileEntry, ...]
+"""A loose file, a shard, or (grouping by key) consecutive loose files of one sample."""
+
+ManifestSource: TypeAlias = str | Iterable[ManifestEntry]
+
+_KEY_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+"""webdataset's ``base_plus_ext``: key up to the first dot of the basename, then the field."""
+
+PLANNING_THREADS = 16
+"""Shard internal manifests read concurrently while planning (grouping, or missing counts)."""
+
+
+def sample_key(path: str) -> tuple[str, str] | None:
+    """``(key, field)`` of a path as webdataset splits it, or ``None`` without an extension.
+
+    ``"a/b/x.seg.PNG"`` gives ``("a/b/x", "seg.png")``: the field is lower-cased, as
+    webdataset's ``group_by_keys`` does. The same regular expression, so edge cases agree too.
+    """
+    match = _KEY_FIELD.match(path)
+    if match is None:
+        return None
+    return match.group(1), match.group(2).lower()
+
+
+def member_path(entry: FileEntry) -> str:
+    """The path of a shard member inside its archive (or a loose file's key)."""
+    path = entry.get("member_path")
+    if path:
+        return path
+    _, member = split_virtual_key(entry["key"])
+    return member if member is not None else entry["key"]
+
+
+def count_groups(paths: Iterable[str], archive_key: str) -> int:
+    """Samples in a shard whose members have ``paths``: runs of consecutive equal keys.
+
+    A field repeated within one run is an error (webdataset raises on it too).
+    """
+    count = 0
+    current: str | None = None
+    fields: set[str] = set()
+    for path in paths:
+        split = sample_key(path)
+        if split is None:
+            continue
+        key, field = split
+        if key != current:
+            count += 1
+            current = key
+            fields = set()
+        if field in fields:
+            raise ShardReadError(archive_key, f"sample {key!r} repeats field {field!r}", path)
+        fields.add(field)
+    return count
+
+
+def _literal(key: str) -> str:
+    """A key read from a manifest, escaped so the store does not treat it as a template."""
+    return key.replace("{", "{{").replace("}", "}}")
+
+
+def _entries(store: S3ExchangeStore, source: ManifestSource) -> Iterator[ManifestEntry]:
+    """Manifest entries with references followed; entries in hand are validated first."""
+    if isinstance(source, str):
+        yield from store.iter_manifest_entries(source, resolve_refs=True)
+        return
+    for index, raw in enumerate(source):
+        entry = validate_entry(raw, index=index)
+        if entry["kind"] == "manifest_ref":
+            yield from store.iter_manifest_entries(_literal(entry["key"]), resolve_refs=True)
+        else:
+            yield entry
+
+
+def _group_loose(units: list[Unit], entry: FileEntry, key: str, field: str) -> bool:
+    """Append ``entry`` to the previous loose group when it shares its key; True if it did."""
+    previous = units[-1] if units else None
+    if not isinstance(previous, tuple) or _split(previous[0])[0] != key:
+        return False
+    if any(_split(other)[1] == field for other in previous):
+        raise InvalidManifestError(
+            None, f"sample {key!r} repeats field {field!r} among consecutive loose files"
+        )
+    units[-1] = (*previous, entry)
+    return True
+
+
+def _split(entry: FileEntry) -> tuple[str, str]:
+    """``sample_key`` of a loose file already known to have an extension."""
+    split = sample_key(entry["key"])
+    assert split is not None
+    return split
+
+
+def resolve_units(
+    store: S3ExchangeStore, source: ManifestSource, group_by: GroupBy = None
+) -> tuple[list[Unit], list[int]]:
+    """The manifest's units in manifest order and the sample count of each.
+
+    Shard counts come from the manifest's ``count``; a shard without one, and every shard when
+    grouping by key, has its internal manifest read (only the head of the archive, several
+    shards at a time).
+    """
+    units: list[Unit] = []
+    counts: list[int] = []
+    to_read: list[int] = []  # indices of shards whose internal manifest is needed
+    for entry in _entries(store, source):
+        if entry["kind"] == "file":
+            if group_by is None:
+                units.append(entry)
+                counts.append(1)
+            else:
+                split = sample_key(entry["key"])
+                if split is None:
+                    continue  # no extension: no sample, as in webdataset
+                if not _group_loose(units, entry, *split):
+                    units.append((entry,))
+                    counts.append(1)
+        elif entry["kind"] == "shard":
+            count = entry.get("count")
+            if group_by is not None or count is None:
+                to_read.append(len(units))
+                count = 0
+            units.append(entry)
+            counts.append(count)
+        else:  # pragma: no cover - references are resolved by _entries
+            raise InvalidManifestError(None, f"unexpected entry kind {entry['kind']!r}")
+    if to_read:
+        shards: list[ShardEntry] = [units[i] for i in to_read]  # type: ignore[misc]
+        for index, count in zip(to_read, _count_shards(store, shards, group_by), strict=True):
+            counts[index] = count
+    return units, counts
+
+
+def _count_shards(
+    store: S3ExchangeStore, shards: Sequence[ShardEntry], group_by: GroupBy
+) -> Iterator[int]:
+    def count(shard: ShardEntry) -> int:
+        members = store.read_shard_manifest(shard)
+        if group_by is None:
+            return len(members)
+        return count_groups((member_path(m) for m in members), shard["archive_key"])
+
+    if len(shards) == 1:
+        yield count(shards[0])
+        return
+    with ThreadPoolExecutor(min(PLANNING_THREADS, len(shards))) as pool:
+        yield from pool.map(count, shards)
+
+
+def loose_sample(entries: Sequence[FileEntry], datas: Sequence[bytes]) -> dict[str, Any]:
+    """A webdataset-style sample from loose files of one key: ``__key__``, ``__url__``, fields."""
+    first = entries[0]["key"]
+    split = sample_key(first)
+    key = split[0] if split else first
+    sample: dict[str, Any] = {"__key__": key, "__url__": posixpath.dirname(first)}
+    for entry, data in zip(entries, datas, strict=True):
+        field = sample_key(entry["key"])
+        sample[field[1] if field else ""] = data
+    return sample
