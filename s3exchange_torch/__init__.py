@@ -1,1 +1,12 @@
-"""s3exchange_torch: a PyTorch IterableDataset over s3exchange manifests."""
+"""s3exchange_torch: a PyTorch IterableDataset over s3exchange manifests.
+
+``S3ExchangeIterableDataset`` streams loose objects and tar shards listed in a manifest, split
+across data-parallel ranks and DataLoader workers, shuffled reproducibly, and resumable
+mid-epoch with ``torchdata``'s ``StatefulDataLoader``. See :mod:`s3exchange_torch.dataset`.
+"""
+
+from .dataset import S3ExchangeIterableDataset
+from .plan import Balance, EpochPlan, Segment
+from .units import GroupBy, sample_key
+
+__all__ = ["Balance", "EpochPlan", "GroupBy", "S3ExchangeIterableDataset", "Segment", "sample_key"]

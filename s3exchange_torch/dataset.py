@@ -1,0 +1,419 @@
+"""``S3ExchangeIterableDataset``: an s3exchange manifest as a PyTorch ``IterableDataset``.
+
+Design, in the order a sample travels:
+
+- **Units, resolved once.** The manifest (references followed) becomes a list of work units:
+  loose files and shards, a shard's sample count taken from its manifest ``count`` so no archive
+  is opened to plan (see :mod:`s3exchange_torch.units`). This happens lazily, once, in the
+  process that first needs it: ``len(ds)``, :meth:`~S3ExchangeIterableDataset.resolve`, the
+  first ``iter(ds)`` or pickling the dataset for spawned DataLoader workers. The units travel to
+  the workers with the dataset, so workers do not re-read the manifest. (Forked workers inherit
+  the main process's memory: call ``len(ds)`` or ``ds.resolve()`` before iterating a forking
+  DataLoader, or each worker reads the manifest itself.)
+- **Plan.** :class:`~s3exchange_torch.plan.EpochPlan` orders the units by ``(seed, epoch)``
+  and cuts the resulting sample sequence into contiguous slices, per rank then per DataLoader
+  worker, shards at member granularity. ``balance`` evens out ranks (``"pad"`` repeats fewer
+  than ``world_size`` samples, ``"drop"`` drops them, ``None`` reads each sample exactly once).
+  The set of samples a rank reads in an epoch does not depend on the number of workers.
+- **Fetch.** :class:`~s3exchange_torch.prefetch.Prefetcher` streams shard members straight from
+  the GET body in a thread per shard (``1 + prefetch_shards`` shards open at most) and fetches
+  loose objects on ``io_threads`` threads, handing samples over in lists and in plan order.
+- **Shuffle buffer.** With ``shuffle=True`` samples also pass a buffer of ``shuffle_buffer``
+  samples (default 1000) whose RNG is seeded from ``(seed, epoch, rank, worker)``. It counts
+  samples, not bytes, so its decisions never depend on the data: that is what makes exact
+  resumption possible (:mod:`s3exchange_torch.shuffle`). Memory per worker is about
+  ``shuffle_buffer`` x the mean sample size; lower it for large samples.
+- **Output.** ``transform(data, entry)`` when given, else the ``(data, entry)`` tuple. With
+  ``group_by="key"`` a sample is a webdataset-style dict (``__key__``, ``__url__`` and one
+  ``bytes`` value per field) and ``transform(sample, entries)`` receives the member entries.
+
+Same ``seed``, epoch, world size and worker count give the same sequence on every run; a new
+epoch (:meth:`~S3ExchangeIterableDataset.set_epoch`) gives a new order.
+
+**Epoch in workers.** ``set_epoch`` writes into a shared-memory tensor created in
+``__init__``, so persistent DataLoader workers (fork or spawn) see the new epoch at their next
+``iter()``: a plain attribute set in the main process would never reach them.
+
+**Resumption.** ``state_dict()`` describes the most recent iteration of this process (a
+DataLoader worker's own one in a worker): the configuration, the epoch and the number of samples
+delivered, a few integers. After ``load_state_dict``, the next ``iter()`` replays the shuffle
+buffer's decisions over sample positions, fetches only the samples still buffered and those
+not yet read, and continues the interrupted sequence exactly: nothing is lost or repeated.
+``torchdata.stateful_dataloader.StatefulDataLoader`` calls both in each worker.
+
+**Grouping.** ``group_by="key"`` plans in samples of webdataset keys so that a sample's files are
+never split across ranks or workers: a shard's count is its number of key groups, read from its
+internal manifest (the head of each archive) at planning time; consecutive loose files with the
+same key form one unit.
+
+**Workers.** The dataset pickles without a boto3 client (the store rebuilds one per process),
+so ``fork`` and ``spawn`` both work; with ``spawn`` the ``transform`` must be picklable (a
+module-level function or a ``functools.partial`` of one, not a lambda).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import chain, islice
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from s3exchange import S3ExchangeStore
+from s3exchange.types import ManifestEntry
+
+from .plan import Balance, EpochPlan, Segment, rank_size
+from .prefetch import Item, Prefetcher, plan_jobs
+from .shuffle import ResumePoint, buffer_rng, replay, shuffled
+from .units import GroupBy, Unit, resolve_units
+
+__all__ = ["STATE_VERSION", "S3ExchangeIterableDataset"]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_CONFIG_KEYS = ("seed", "shuffle", "shuffle_buffer", "group_by", "balance", "rank", "world_size")
+_STATE_KEYS = (
+    "version",
+    *_CONFIG_KEYS,
+    "epoch",
+    "worker_id",
+    "num_workers",
+    "worker_samples",
+    "emitted",
+)
+_POOL_WARNED: set[int] = set()
+"""Processes that already logged the small connection pool warning."""
+
+
+def _default_rank_world() -> tuple[int, int]:
+    """torch.distributed when initialized, else ``RANK``/``WORLD_SIZE``, else rank 0 of 1."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _worker() -> tuple[int, int]:
+    """``(worker_id, num_workers)`` of this DataLoader worker, ``(0, 1)`` outside one."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _warn_small_pool(store: S3ExchangeStore, needed: int) -> None:
+    """Log once when the client's connection pool is smaller than the requests in flight."""
+    if os.getpid() in _POOL_WARNED:
+        return
+    size = getattr(store.s3_client.meta.config, "max_pool_connections", None)
+    if isinstance(size, int) and size < needed:
+        _POOL_WARNED.add(os.getpid())
+        log.warning(
+            "the S3 client keeps %d connections but up to %d requests run at once; create it "
+            "with botocore.config.Config(max_pool_connections=%d) to avoid reconnecting",
+            size,
+            needed,
+            needed,
+        )
+
+
+@dataclass(slots=True)
+class _Progress:
+    """The iteration in progress: which worker slice of which epoch, and how far it got."""
+
+    epoch: int
+    worker_id: int
+    num_workers: int
+    total: int
+    emitted: int
+
+
+class S3ExchangeIterableDataset(IterableDataset[Any]):
+    """Samples of an s3exchange manifest, split across ranks and DataLoader workers.
+
+    Args:
+        store: where the manifest and its objects live.
+        manifest: a manifest key (``{placeholders}`` filled from the store's ``default_vars``)
+            or manifest entries in hand; ``manifest_ref`` entries are followed.
+        shuffle: shuffle unit order per ``(seed, epoch)`` and pass samples through the buffer.
+        seed: base of every random decision; equal seeds give equal sequences.
+        transform: ``transform(data, entry)`` (grouped: ``transform(sample, entries)``) turns
+            a fetched sample into what is yielded; picklable for spawned workers.
+        rank, world_size: this process's place among data-parallel ranks; by default from
+            ``torch.distributed`` when initialized, else ``RANK`` / ``WORLD_SIZE``, else 0 / 1.
+            Read once, here.
+        balance: ``"pad"`` (every rank ``ceil(N / W)`` samples, a few repeated), ``"drop"``
+            (``floor(N / W)``) or ``None`` (every sample exactly once, ranks may differ by one).
+        shuffle_buffer: samples in the shuffle buffer of each worker (only with ``shuffle``).
+        group_by: ``None`` for a sample per file; ``"key"`` for a webdataset-style sample per
+            key, never split across ranks or workers.
+        io_threads: loose objects requested concurrently per worker.
+        prefetch_shards: shards streamed ahead of the one being consumed, per worker.
+        verify: check sizes and sha256 against the manifest (``None``: the store's default).
+    """
+
+    def __init__(
+        self,
+        store: S3ExchangeStore,
+        manifest: str | Iterable[ManifestEntry],
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        transform: Callable[[Any, Any], Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        balance: Balance = "pad",
+        shuffle_buffer: int = 1000,
+        group_by: GroupBy = None,
+        io_threads: int = 16,
+        prefetch_shards: int = 2,
+        verify: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if balance not in (None, "pad", "drop"):
+            raise ValueError(f"balance must be None, 'pad' or 'drop', got {balance!r}")
+        if group_by not in (None, "key"):
+            raise ValueError(f"group_by must be None or 'key', got {group_by!r}")
+        if io_threads < 1 or prefetch_shards < 0 or shuffle_buffer < 0:
+            raise ValueError("io_threads must be >= 1, prefetch_shards and shuffle_buffer >= 0")
+        default_rank, default_world = _default_rank_world()
+        self._rank = default_rank if rank is None else rank
+        self._world_size = default_world if world_size is None else world_size
+        if not 0 <= self._rank < self._world_size:
+            raise ValueError(f"rank must be in [0, world_size={self._world_size}), got {rank}")
+        self._store = store
+        self._manifest: str | list[ManifestEntry] | None = (
+            manifest if isinstance(manifest, str) else list(manifest)
+        )
+        self._name = manifest if isinstance(manifest, str) else "<entries>"
+        self._shuffle = shuffle
+        self._seed = seed
+        self._transform = transform
+        self._balance: Balance = balance
+        self._shuffle_buffer = shuffle_buffer
+        self._group_by: GroupBy = group_by
+        self._io_threads = io_threads
+        self._prefetch_shards = prefetch_shards
+        self._verify = verify
+        # Shared memory: persistent workers see set_epoch() at their next iter().
+        self._epoch = torch.zeros((), dtype=torch.int64)
+        self._epoch.share_memory_()  # type: ignore[no-untyped-call]
+        self._units: list[Unit] | None = None
+        self._counts: list[int] | None = None
+        self._plan_cache: tuple[int, EpochPlan] | None = None
+        self._progress: _Progress | None = None
+        self._resume: dict[str, Any] | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        """This process's data-parallel rank."""
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        """Number of data-parallel ranks."""
+        return self._world_size
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads (see :meth:`set_epoch`)."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch of the next ``iter()``: it decides unit and buffer order.
+
+        Seen by DataLoader workers at their next ``iter()``, persistent ones included.
+        """
+        self._epoch.fill_(int(epoch))
+
+    def resolve(self) -> S3ExchangeIterableDataset:
+        """Read the manifest into work units now (once); returns ``self``."""
+        self._resolved()
+        return self
+
+    def _resolved(self) -> tuple[list[Unit], list[int]]:
+        if self._units is None or self._counts is None:
+            assert self._manifest is not None
+            self._units, self._counts = resolve_units(self._store, self._manifest, self._group_by)
+            self._manifest = None  # entries in hand now live in the units
+        return self._units, self._counts
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the whole manifest (all ranks), files or key groups."""
+        return sum(self._resolved()[1])
+
+    def __len__(self) -> int:
+        """Samples this rank reads per epoch (all its DataLoader workers together)."""
+        return rank_size(self.num_samples, self._world_size, self._rank, self._balance)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self._store!r}, {self._name!r}, rank={self._rank}, "
+            f"world_size={self._world_size}, shuffle={self._shuffle}, seed={self._seed})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ship resolved units (resolving them here, in the main process) but no live state."""
+        self._resolved()
+        state = self.__dict__.copy()
+        state["_plan_cache"] = None
+        state["_progress"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # -- iteration -----------------------------------------------------------------------------
+
+    def _plan(self, epoch: int, counts: Sequence[int]) -> EpochPlan:
+        cached = self._plan_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        plan = EpochPlan(
+            counts,
+            seed=self._seed,
+            epoch=epoch,
+            shuffle=self._shuffle,
+            world_size=self._world_size,
+            balance=self._balance,
+        )
+        self._plan_cache = (epoch, plan)
+        return plan
+
+    def __iter__(self) -> Iterator[Any]:
+        """This worker's samples of the current epoch (or of the loaded state's epoch)."""
+        worker_id, num_workers = _worker()
+        units, counts = self._resolved()
+        resume, self._resume = self._resume, None
+        epoch = self.epoch if resume is None else int(resume["epoch"])
+        segments = self._plan(epoch, counts).segments(self._rank, worker_id, num_workers)
+        total = sum(segment.size for segment in segments)
+        emitted = 0
+        if resume is not None:
+            self._check_resume(resume, worker_id, num_workers, total)
+            emitted = int(resume["emitted"])
+        progress = _Progress(epoch, worker_id, num_workers, total, emitted)
+        self._progress = progress
+        return self._samples(units, segments, progress)
+
+    def _samples(
+        self, units: list[Unit], segments: list[Segment], progress: _Progress
+    ) -> Iterator[Any]:
+        buffered = self._shuffle and self._shuffle_buffer > 1
+        if buffered:
+            rng = buffer_rng(
+                self._seed, progress.epoch, self._rank, progress.worker_id, progress.num_workers
+            )
+            point = replay(progress.total, self._shuffle_buffer, rng, progress.emitted)
+        else:
+            point = ResumePoint(progress.emitted)
+        _warn_small_pool(self._store, self._io_threads + 1 + self._prefetch_shards)
+        prefetcher = Prefetcher(
+            self._store,
+            plan_jobs(units, segments, point),
+            group_by=self._group_by,
+            io_threads=self._io_threads,
+            prefetch_shards=self._prefetch_shards,
+            verify=self._verify,
+        )
+        try:
+            items: Iterator[Item] = chain.from_iterable(prefetcher.chunks())
+            if buffered:
+                buffer = _restore_buffer(items, point.pending)
+                items = shuffled(items, self._shuffle_buffer, rng, buffer)
+            transform = self._transform
+            if transform is not None:
+                for data, entry in items:
+                    progress.emitted += 1
+                    yield transform(data, entry)
+            elif self._group_by is not None:
+                for sample, _ in items:
+                    progress.emitted += 1
+                    yield sample
+            else:
+                for item in items:
+                    progress.emitted += 1
+                    yield item
+        finally:
+            prefetcher.close()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "seed": self._seed,
+            "shuffle": self._shuffle,
+            "shuffle_buffer": self._shuffle_buffer if self._shuffle else 0,
+            "group_by": self._group_by,
+            "balance": self._balance,
+            "rank": self._rank,
+            "world_size": self._world_size,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the latest iteration stands: configuration, epoch and samples delivered."""
+        if self._resume is not None:
+            return dict(self._resume)
+        progress = self._progress
+        if progress is None:
+            worker_id, num_workers = _worker()
+            progress = _Progress(self.epoch, worker_id, num_workers, -1, 0)
+        return {
+            "version": STATE_VERSION,
+            **self._config(),
+            "epoch": progress.epoch,
+            "worker_id": progress.worker_id,
+            "num_workers": progress.num_workers,
+            "worker_samples": progress.total,
+            "emitted": progress.emitted,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next ``iter()`` continue the iteration ``state`` describes."""
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"not a {type(self).__name__} state: missing {missing}")
+        if state["version"] != STATE_VERSION:
+            raise ValueError(f"unsupported state version {state['version']!r}")
+        config = self._config()
+        for key in _CONFIG_KEYS:
+            if state[key] != config[key]:
+                raise ValueError(
+                    f"cannot resume: state has {key}={state[key]!r}, dataset has {config[key]!r}"
+                )
+        self._resume = dict(state)
+
+    def _check_resume(
+        self, state: dict[str, Any], worker_id: int, num_workers: int, total: int
+    ) -> None:
+        if (state["worker_id"], state["num_workers"]) != (worker_id, num_workers):
+            raise ValueError(
+                f"cannot resume: state is worker {state['worker_id']} of {state['num_workers']}, "
+                f"this is worker {worker_id} of {num_workers}"
+            )
+        if state["worker_samples"] not in (-1, total):
+            raise ValueError(
+                f"cannot resume: state planned {state['worker_samples']} samples for this "
+                f"worker, the manifest now gives {total} (did it change?)"
+            )
+        if not 0 <= state["emitted"] <= total:
+            raise ValueError(f"cannot resume: emitted={state['emitted']} of {total} samples")
+
+
+def _restore_buffer(items: Iterator[Item], pending: tuple[int, ...]) -> list[Item]:
+    """The buffered samples of a resume point, in slot order.
+
+    ``pending`` lists positions in slot order; their data arrives first, in position order.
+    """
+    if not pending:
+        return []
+    arrived = list(islice(items, len(pending)))
+    if len(arrived) != len(pending):
+        raise RuntimeError("the resumed stream ended before refilling the shuffle buffer")
+    by_position = dict(zip(sorted(pending), arrived, strict=True))
+    return [by_position[position] for position in pending]
