@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
 from . import compaction, deletion, manifest, parts
@@ -152,19 +152,24 @@ class S3ExchangeStore:
         return self._open_member(archive, member)
 
     def _open_member(self, archive_key: str, member_path: str) -> ObjectStream:
-        compression: Compression = "gzip" if archive_key.endswith((".gz", ".tgz")) else None
+        """One shard member, read into memory (members are sample-sized) from one GET."""
         entry: ShardEntry = {
             "kind": "shard",
             "archive_key": archive_key,
-            "compression": compression,
+            "compression": _compression_of(archive_key),
         }
-        for member in self.iter_shard_members(
+        members = self.iter_shard_members(
             entry, select=lambda _, e: e["member_path"] == member_path
-        ):
+        )
+        try:
+            member = next(members, None)
+            if member is None:
+                raise ObjectNotFoundError(virtual_key(archive_key, member_path))
             data = member.read()
-            opened = OpenedBody(body=_BytesBody(data), size=len(data), etag=None)
-            return ObjectStream(member.entry["key"], _no_reopen, opened)
-        raise ObjectNotFoundError(virtual_key(archive_key, member_path))
+        finally:
+            members.close()
+        opened = OpenedBody(body=_BytesBody(data), size=len(data), etag=None)
+        return ObjectStream(member.entry["key"], _no_reopen, opened)
 
     def head_object(self, key: str, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The object's HEAD response (ContentLength, ETag, ContentType, Metadata ...)."""
@@ -350,15 +355,52 @@ class S3ExchangeStore:
         checked while streaming and a mismatch raises IntegrityError / ShardReadError.
         """
         check = self.verify if verify is None else verify
+        run: list[FileEntry] = []
         for entry in self._entries(manifest, True, vars):
+            if run and (
+                entry["kind"] != "file" or entry.get("archive_key") != run[0]["archive_key"]
+            ):
+                yield from self._iter_member_run(run, check)
+                run = []
             if entry["kind"] == "file":
-                yield self.open_file_entry(entry, verify=check), entry
+                if "archive_key" in entry and "member_path" in entry:
+                    run.append(entry)
+                else:
+                    yield self.open_file_entry(entry, verify=check), entry
             elif entry["kind"] == "shard":
                 for member in self.iter_shard_members(entry, verify=check):
                     yield cast(IO[bytes], member.stream), member.entry
+        if run:
+            yield from self._iter_member_run(run, check)
+
+    def _iter_member_run(
+        self, run: list[FileEntry], verify: bool
+    ) -> Iterator[tuple[IO[bytes], FileEntry]]:
+        """Consecutive member entries of one archive (a compacted, expanded manifest): one GET,
+        members yielded in archive order; a listed member the archive lacks is an error."""
+        archive = run[0]["archive_key"]
+        wanted = {entry["member_path"]: entry for entry in run}
+        shard: ShardEntry = {
+            "kind": "shard",
+            "archive_key": archive,
+            "compression": _compression_of(archive),
+        }
+        for member in self.iter_shard_members(
+            shard, select=lambda _, e: e["member_path"] in wanted, verify=verify
+        ):
+            yield cast(IO[bytes], member.stream), {**wanted.pop(member.entry["member_path"])}
+        if wanted:
+            missing = next(iter(wanted))
+            raise ObjectNotFoundError(virtual_key(archive, missing))
 
     def open_file_entry(self, entry: FileEntry, *, verify: bool | None = None) -> IO[bytes]:
-        """Open a loose file entry, checking it against the manifest's etag, size and sha256."""
+        """Open a file entry, checking it against the manifest's etag, size and sha256.
+
+        A shard member listed as a file entry (``archive_key`` + ``member_path``) is opened by
+        streaming its archive up to that member.
+        """
+        if "archive_key" in entry and "member_path" in entry:
+            return cast(IO[bytes], self._open_member(entry["archive_key"], entry["member_path"]))
         key = entry["key"]
         stream = self._stream(key, self._bucket.open(key))
         if not (self.verify if verify is None else verify):
@@ -379,7 +421,7 @@ class S3ExchangeStore:
         *,
         select: Callable[[int, FileEntry], bool] | None = None,
         verify: bool | None = None,
-    ) -> Iterator[ShardMember]:
+    ) -> Generator[ShardMember, None, None]:
         """Stream a shard's members from its GET body; ``select`` skips members unread."""
         key = entry["archive_key"]
         with self._stream(key, self._bucket.open(key)) as stream:
@@ -559,6 +601,11 @@ class S3ExchangeStore:
             expand=self._shard_files if expand_shards else None,
             part_size=self.part_size,
         )
+
+
+def _compression_of(archive_key: str) -> Compression:
+    """A shard's compression from its name, where no shard entry says it."""
+    return "gzip" if archive_key.endswith((".gz", ".tgz")) else None
 
 
 def _copy(source: IO[bytes], writer: MultipartWriter, digest: Any, chunk: int = 1 << 20) -> None:
