@@ -1,0 +1,537 @@
+"""Packing a local directory into tar shards plus manifest entries, resumably.
+
+The work is a pure plan (:func:`plan_shards`: sorted files cut by :func:`~s3exchange.shard.
+split_items` into ``{prefix}/shard-{i:05d}.tar[.gz]``) reconciled (:func:`reconcile`) with what
+the manifest already lists and what the bucket already holds, then executed by :func:`pack`.
+Because the plan is deterministic, shard ``i`` of a rerun has the same members, so a rerun
+uploads only what is missing:
+
+- listed in the manifest and stored: skipped;
+- stored but not listed (a run stopped between upload and manifest update): uploaded again and
+  listed, after checking that the stored archive holds this plan's members (so another
+  dataset's shards under the same prefix are never overwritten);
+- listed but not stored (deleted later): uploaded again and, since shards are byte-for-byte
+  deterministic, checked to match the listed entry (not listed twice);
+- a listed entry whose count or member bytes disagree with the plan, or a listed shard key the
+  plan does not produce, means the source directory or the split options changed: the run
+  fails with :class:`PackConflictError` before uploading anything.
+
+Shard entries are appended with ``append_parts`` in index order every ``checkpoint_every``
+shards or ``checkpoint_seconds``, and once more when the run ends or fails, so an interrupted
+run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import posixpath
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict
+
+from .errors import ManifestNotFoundError, S3ExchangeError, ShardReadError
+from .shard import split_items
+from .types import Compression, ShardEntry, ShardItem
+
+if TYPE_CHECKING:
+    from .store import S3ExchangeStore
+
+__all__ = [
+    "PackConflictError",
+    "PackError",
+    "PackProgress",
+    "PackReport",
+    "PlannedShard",
+    "ShardTask",
+    "SourceFile",
+    "default_prefix",
+    "member_id",
+    "pack",
+    "plan_shards",
+    "reconcile",
+    "scan_directory",
+    "shard_key",
+]
+
+Action = Literal["skip", "upload", "replace", "restore"]
+"""What a run does with one planned shard (see the module docstring)."""
+
+
+CHANGED_HINT = (
+    "The source directory or the split options (max entries, max bytes, compression) changed "
+    "since the manifest was written: pack into a new manifest and prefix instead"
+)
+
+
+class PackError(S3ExchangeError):
+    """The pack job cannot start: no source directory, no files, or bad options."""
+
+
+class PackConflictError(S3ExchangeError):
+    """What the manifest or bucket holds disagrees with this plan; nothing is mixed."""
+
+    def __init__(self, problems: Sequence[str] | str, hint: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.hint = hint
+        shown = "; ".join(self.problems[:2])
+        more = f" (+{len(self.problems) - 2} more)" if len(self.problems) > 2 else ""
+        super().__init__(f"{shown}{more}" + (f". {hint}" if hint else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A local file to pack: where it is, the member path it gets, and its size."""
+
+    path: str
+    member_path: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedShard:
+    """Shard ``index`` of a plan: its archive key and its files, in order."""
+
+    index: int
+    archive_key: str
+    files: tuple[SourceFile, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+    @property
+    def members_size_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def items(self) -> list[ShardItem]:
+        """The shard items for :meth:`S3ExchangeStore.put_shard_archive`."""
+        return [_item(f) for f in self.files]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardTask:
+    """A planned shard with the action a run takes and the entry the manifest lists, if any."""
+
+    shard: PlannedShard
+    action: Action
+    listed: ShardEntry | None = None
+
+
+class PackReport(TypedDict):
+    """What :func:`pack` did (or, with ``dry_run``, would do)."""
+
+    manifest_key: str
+    prefix: str
+    files: int
+    member_bytes: int
+    shards: int
+    uploaded: int
+    replaced: int
+    restored: int
+    skipped: int
+    uploaded_bytes: int
+    parts: list[str]
+    dry_run: bool
+    seconds: float
+
+
+class PackProgress(Protocol):
+    """Receives progress from the main thread: the bytes to upload, then each shard done."""
+
+    def start(self, total_bytes: int, total_shards: int) -> None: ...
+
+    def advance(self, member_bytes: int) -> None: ...
+
+
+# -- planning (pure) ---------------------------------------------------------------------------
+
+
+def member_id(member_path: str) -> str:
+    """The ``id`` of a packed file: its member path without the last extension."""
+    stem, _ = posixpath.splitext(member_path)
+    return stem or member_path
+
+
+def default_prefix(manifest_key: str) -> str:
+    """Where shards go by default: ``<manifest directory>/shards``."""
+    directory = posixpath.dirname(manifest_key)
+    return f"{directory}/shards" if directory else "shards"
+
+
+def shard_key(prefix: str, index: int, compression: Compression) -> str:
+    """``{prefix}/shard-{index:05d}.tar`` (``.tar.gz`` when gzipped)."""
+    suffix = ".tar.gz" if compression == "gzip" else ".tar"
+    return f"{prefix}/shard-{index:05d}{suffix}"
+
+
+def _item(f: SourceFile) -> ShardItem:
+    return {
+        "source": f.path,
+        "member_path": f.member_path,
+        "id": member_id(f.member_path),
+        "size_bytes": f.size,
+    }
+
+
+def plan_shards(
+    files: Sequence[SourceFile],
+    *,
+    prefix: str,
+    max_entries: int | None = None,
+    max_bytes: int | None = None,
+    compression: Compression = None,
+) -> list[PlannedShard]:
+    """Cut ``files`` (in the given order) into shards with :func:`split_items`."""
+    by_member = {f.member_path: f for f in files}
+    if len(by_member) != len(files):
+        raise PackError("duplicate member paths in the source list")
+    batches = split_items([_item(f) for f in files], max_entries, max_bytes)
+    return [
+        PlannedShard(
+            index=i,
+            archive_key=shard_key(prefix, i, compression),
+            files=tuple(by_member[item["member_path"]] for item in batch),
+        )
+        for i, batch in enumerate(batches)
+    ]
+
+
+def _disagreement(entry: ShardEntry, shard: PlannedShard) -> str | None:
+    count, size = entry.get("count"), entry.get("members_size_bytes")
+    if (count is None or count == shard.count) and (
+        size is None or size == shard.members_size_bytes
+    ):
+        return None
+    return (
+        f"{shard.archive_key} is listed with {count} members / {size} bytes but the source now "
+        f"gives {shard.count} members / {shard.members_size_bytes} bytes"
+    )
+
+
+def reconcile(
+    plan: Sequence[PlannedShard],
+    listed: Mapping[str, Sequence[ShardEntry]],
+    stored: Mapping[str, int],
+    *,
+    prefix: str,
+) -> list[ShardTask]:
+    """Decide what to do with every planned shard; raise PackConflictError on any mismatch.
+
+    ``listed`` maps archive keys to the shard entries the manifest holds for them; ``stored``
+    maps archive keys under ``prefix`` to their stored sizes.
+    """
+    planned = {shard.archive_key for shard in plan}
+    problems = [
+        f"the manifest lists {key}, which this plan does not produce"
+        for key in sorted(listed)
+        if key.startswith(f"{prefix}/shard-") and key not in planned
+    ]
+    tasks: list[ShardTask] = []
+    for shard in plan:
+        entries = listed.get(shard.archive_key, ())
+        found = [p for p in (_disagreement(e, shard) for e in entries) if p is not None]
+        problems += found[:1]
+        size = stored.get(shard.archive_key)
+        if not entries:
+            tasks.append(ShardTask(shard, "upload" if size is None else "replace"))
+        elif size is None:
+            tasks.append(ShardTask(shard, "restore", entries[0]))
+        else:
+            recorded = {e["size_bytes"] for e in entries if "size_bytes" in e}
+            if recorded - {size}:
+                problems.append(
+                    f"{shard.archive_key} is stored with {size} bytes but listed with "
+                    f"{sorted(recorded)[0]}; run `s3exchange verify`"
+                )
+            tasks.append(ShardTask(shard, "skip", entries[0]))
+    if problems:
+        raise PackConflictError(problems, CHANGED_HINT)
+    return tasks
+
+
+# -- local files -------------------------------------------------------------------------------
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def scan_directory(src_dir: str | os.PathLike[str]) -> list[SourceFile]:
+    """Every regular file under ``src_dir`` (symlinks to files included), sorted by member path.
+
+    Unreadable directories raise instead of being skipped.
+    """
+    root = Path(src_dir)
+    if not root.is_dir():
+        raise PackError(f"{os.fspath(src_dir)!r} is not a directory")
+    found: list[SourceFile] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
+        dirnames.sort()
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path):
+                member = Path(path).relative_to(root).as_posix()
+                found.append(SourceFile(path, member, os.path.getsize(path)))
+    found.sort(key=lambda f: f.member_path)
+    return found
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def _listed_shards(store: S3ExchangeStore, manifest_key: str) -> dict[str, list[ShardEntry]]:
+    listed: dict[str, list[ShardEntry]] = {}
+    try:
+        for entry in store.iter_manifest_entries(manifest_key):
+            if entry["kind"] == "shard":
+                listed.setdefault(entry["archive_key"], []).append(entry)
+    except ManifestNotFoundError as exc:
+        if exc.key != manifest_key:
+            raise  # a part the root references is gone: not a first run
+    return listed
+
+
+def _check_replaceable(store: S3ExchangeStore, task: ShardTask, compression: Compression) -> None:
+    """Refuse to overwrite a stored, unlisted archive unless it holds this plan's members."""
+    key = task.shard.archive_key
+    entry: ShardEntry = {"kind": "shard", "archive_key": key, "compression": compression}
+    try:
+        members = store.read_shard_manifest(entry)
+    except ShardReadError as exc:
+        raise PackConflictError(
+            f"{key} exists, is not listed in the manifest and is not a readable shard "
+            f"({exc.reason}); delete it or pack under another --prefix"
+        ) from None
+    found = [(m.get("member_path"), m.get("size_bytes")) for m in members]
+    wanted = [(f.member_path, f.size) for f in task.shard.files]
+    if found != wanted:
+        raise PackConflictError(
+            f"{key} exists and is not listed in the manifest, but holds other files than "
+            "this plan; another dataset may use this prefix: pack under another --prefix"
+        )
+
+
+def _restore_problem(new: ShardEntry, listed: ShardEntry) -> str | None:
+    for field in ("size_bytes", "etag"):
+        old, now = listed.get(field), new.get(field)
+        if old is not None and now is not None and old != now:
+            return (
+                f"{new['archive_key']} was missing and has been uploaded again, but its "
+                f"{field} is now {now} while the manifest lists {old}: the source files changed"
+            )
+    return None
+
+
+def _count(report: PackReport, action: Action) -> None:
+    if action == "upload":
+        report["uploaded"] += 1
+    elif action == "replace":
+        report["replaced"] += 1
+    elif action == "restore":
+        report["restored"] += 1
+
+
+@dataclass
+class _Run:
+    """The state of the upload phase, touched by the main thread only."""
+
+    store: S3ExchangeStore
+    manifest_key: str
+    tasks: list[ShardTask]
+    checkpoint_every: int
+    checkpoint_seconds: float
+    progress: PackProgress | None
+    report: PackReport
+
+    def __post_init__(self) -> None:
+        self.finished: dict[int, ShardEntry | None] = {}  # task position -> entry to list
+        self.next_position = 0
+        self.ready: list[ShardEntry] = []
+        self.last_flush = time.monotonic()
+        self.problems: list[str] = []
+
+    def done(self, position: int, entry: ShardEntry | None) -> None:
+        task = self.tasks[position]
+        if task.action != "skip":
+            assert entry is not None
+            self.report["uploaded_bytes"] += entry.get("size_bytes", 0)
+            _count(self.report, task.action)
+            if self.progress is not None:
+                self.progress.advance(task.shard.members_size_bytes)
+        if task.action == "restore":
+            assert entry is not None
+            assert task.listed is not None
+            problem = _restore_problem(entry, task.listed)
+            if problem:
+                self.problems.append(problem)
+            entry = None
+        elif task.action == "skip":
+            entry = None
+        self.finished[position] = entry
+        while self.next_position in self.finished:
+            listed = self.finished.pop(self.next_position)
+            if listed is not None:
+                self.ready.append(listed)
+            self.next_position += 1
+        due = time.monotonic() - self.last_flush >= self.checkpoint_seconds
+        if len(self.ready) >= self.checkpoint_every or (self.ready and due):
+            self.flush()
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Append the ready entries (with ``everything``, also those finished out of order)."""
+        if everything:
+            self.ready += [e for _, e in sorted(self.finished.items()) if e is not None]
+            self.finished = {k: v for k, v in self.finished.items() if v is None}
+        if self.ready:
+            part = self.store.put_sharded(self.manifest_key, self.ready, "append_parts")
+            self.report["parts"].append(part)
+            self.ready = []
+        self.last_flush = time.monotonic()
+
+
+def _execute(run: _Run, compression: Compression, jobs: int) -> None:
+    def upload(task: ShardTask) -> ShardEntry:
+        shard = task.shard
+        result = run.store.put_shard_archive(
+            shard.archive_key, shard.items(), compression=compression
+        )
+        return result.entry
+
+    queue = iter(enumerate(run.tasks))
+    pending: dict[concurrent.futures.Future[ShardEntry], int] = {}
+    failure: BaseException | None = None
+
+    def submit_more(pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        # at most ``jobs`` shards in flight, so a failure stops the run promptly
+        while failure is None and len(pending) < jobs:
+            position, task = next(queue, (-1, None))
+            if task is None:
+                return
+            if task.action == "skip":
+                run.done(position, None)
+            else:
+                pending[pool.submit(upload, task)] = position
+
+    with concurrent.futures.ThreadPoolExecutor(jobs, "s3exchange-pack") as pool:
+        try:
+            submit_more(pool)
+            while pending:
+                finished, _ = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in finished:
+                    position = pending.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        run.done(position, future.result())
+                    elif failure is None:
+                        failure = error
+                submit_more(pool)
+        except BaseException as exc:  # e.g. Ctrl-C: let running uploads end, keep what finished
+            failure = failure or exc
+            pool.shutdown(wait=True)
+            for future, position in pending.items():
+                if future.exception() is None:
+                    run.done(position, future.result())
+        finally:
+            run.flush(everything=True)
+    if failure is not None:
+        raise failure
+
+
+def pack(
+    store: S3ExchangeStore,
+    src_dir: str | os.PathLike[str],
+    manifest_key: str,
+    *,
+    max_entries: int | None = None,
+    max_bytes: int | None = None,
+    compression: Compression | Literal["none"] = None,
+    prefix: str | None = None,
+    jobs: int = 1,
+    dry_run: bool = False,
+    progress: PackProgress | None = None,
+    checkpoint_every: int = 64,
+    checkpoint_seconds: float = 30.0,
+) -> PackReport:
+    """Pack every file under ``src_dir`` into shards listed in ``manifest_key``; resumable.
+
+    ``prefix`` defaults to :func:`default_prefix` of the manifest key. ``jobs`` shards are
+    built and uploaded at once (threads). With ``dry_run`` nothing is written and the report
+    counts what a real run would do.
+    """
+    started = time.monotonic()
+    codec: Compression = None if compression in (None, "none") else "gzip"
+    if compression not in (None, "none", "gzip"):
+        raise PackError(f"compression must be 'none' or 'gzip', not {compression!r}")
+    if jobs < 1 or checkpoint_every < 1:
+        raise PackError("jobs and checkpoint_every must be at least 1")
+    manifest_key = store.resolve(manifest_key)
+    prefix = store.resolve(prefix).strip("/") if prefix is not None else ""
+    prefix = prefix or default_prefix(manifest_key)
+    files = scan_directory(src_dir)
+    if not files:
+        raise PackError(f"no files under {os.fspath(src_dir)!r}")
+    try:
+        plan = plan_shards(
+            files,
+            prefix=prefix,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            compression=codec,
+        )
+    except ValueError as exc:
+        raise PackError(str(exc)) from None
+    listed = _listed_shards(store, manifest_key)
+    stored = {obj["key"]: obj["size"] for obj in store.list_objects(f"{prefix}/shard-")}
+    tasks = reconcile(plan, listed, stored, prefix=prefix)
+    _check_all_replaceable(store, tasks, codec, jobs)
+    report: PackReport = {
+        "manifest_key": manifest_key,
+        "prefix": prefix,
+        "files": len(files),
+        "member_bytes": sum(f.size for f in files),
+        "shards": len(plan),
+        "uploaded": 0,
+        "replaced": 0,
+        "restored": 0,
+        "skipped": sum(task.action == "skip" for task in tasks),
+        "uploaded_bytes": 0,
+        "parts": [],
+        "dry_run": dry_run,
+        "seconds": 0.0,
+    }
+    if dry_run:
+        for task in tasks:
+            if task.action != "skip":
+                _count(report, task.action)
+    else:
+        if progress is not None:
+            todo = [t.shard for t in tasks if t.action != "skip"]
+            progress.start(sum(s.members_size_bytes for s in todo), len(todo))
+        run = _Run(
+            store, manifest_key, tasks, checkpoint_every, checkpoint_seconds, progress, report
+        )
+        _execute(run, codec, jobs)
+        if run.problems:
+            raise PackConflictError(run.problems, CHANGED_HINT)
+    report["seconds"] = round(time.monotonic() - started, 3)
+    return report
+
+
+def _check_all_replaceable(
+    store: S3ExchangeStore, tasks: Iterable[ShardTask], compression: Compression, jobs: int
+) -> None:
+    replace = [task for task in tasks if task.action == "replace"]
+    if not replace:
+        return
+
+    def check(task: ShardTask) -> None:
+        _check_replaceable(store, task, compression)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs), "s3exchange-pack-check") as pool:
+        for _ in pool.map(check, replace):
+            pass
