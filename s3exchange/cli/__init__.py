@@ -1,0 +1,271 @@
+"""The ``s3exchange`` command: inspect, verify, pack and clean up data in an S3 bucket.
+
+Connection settings come from ``S3EXCHANGE_*`` environment variables or a ``.env`` file in the
+working directory (see :class:`~s3exchange.S3Settings`); ``--endpoint-url``, ``--bucket``,
+``--base-prefix`` and ``--region`` override them. ``--json`` output is JSON Lines for records
+(``ls``, ``manifest show``, ``rm --dry-run``) and one JSON object for reports (``manifest
+stats``, ``verify``, ``pack``, ``compact``, ``rm``). Progress bars (tqdm, the ``cli`` extra) go
+to stderr, only when it is a terminal. Errors are one line on stderr.
+
+Exit codes:
+
+==== =====================================================================================
+0    success
+1    ``verify`` found problems (listed on stdout)
+2    usage error, invalid settings, or refused (``rm`` without ``--yes`` and no terminal)
+3    not found: object, manifest or shard member
+4    invalid manifest, shard or input data (bad JSONL line, corrupt archive, checksum)
+5    access denied or missing / rejected credentials
+6    other storage error (unreachable endpoint, failed upload, failed deletes)
+7    conflict: ``pack`` found a manifest written from other files or options, or a
+     concurrent manifest update kept failing
+130  interrupted (Ctrl-C)
+141  stdout closed early (e.g. piped into ``head``)
+==== =====================================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import (
+    AccessDeniedError,
+    ConcurrentModificationError,
+    IntegrityError,
+    InvalidKeyError,
+    InvalidManifestError,
+    ObjectNotFoundError,
+    S3ExchangeError,
+    ShardReadError,
+    ShardWriteError,
+    StorageError,
+)
+from ..packing import PackConflictError, PackError
+from ._common import CliError, ExitCode, parse_size, positive_int
+from ._read import cmd_cat, cmd_ls, cmd_manifest_show, cmd_manifest_stats
+from ._verify import cmd_verify
+from ._write import cmd_compact, cmd_pack, cmd_rm
+
+__all__ = ["ExitCode", "build_parser", "main"]
+
+EPILOG = """\
+exit codes:
+  0  success                          5  access denied / bad or missing credentials
+  1  verify found problems            6  other storage error (endpoint, upload, delete)
+  2  usage error or refused           7  conflict (pack: source or options changed)
+  3  not found                      130  interrupted
+  4  invalid manifest/shard/data    141  stdout closed early
+
+settings: S3EXCHANGE_ENDPOINT_URL, S3EXCHANGE_BUCKET, S3EXCHANGE_BASE_PREFIX, S3EXCHANGE_REGION,
+S3EXCHANGE_AWS_ACCESS_KEY_ID, S3EXCHANGE_AWS_SECRET_ACCESS_KEY (or the AWS credential chain),
+from the environment or a .env file; the flags override them.
+"""
+
+
+def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # On subcommands the default is SUPPRESS, so a flag given before the subcommand survives.
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("connection (override S3EXCHANGE_* settings)")
+    group.add_argument("--endpoint-url", default=default, metavar="URL")
+    group.add_argument("--bucket", default=default)
+    group.add_argument("--base-prefix", default=default, metavar="PREFIX")
+    group.add_argument("--region", default=default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="s3exchange",
+        description="Inspect, verify, pack and clean up s3exchange data in an S3 bucket.",
+        epilog=EPILOG,
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _connection_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        sub: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        summary: str,
+        *,
+        json: str | None = None,
+    ) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(
+            name, help=summary, description=summary, epilog=EPILOG, formatter_class=formatter
+        )
+        if json is not None:
+            cmd.add_argument("--json", action="store_true", help=json)
+        _connection_options(cmd, suppress=True)
+        return cmd
+
+    ls = command(
+        commands, "ls", "list keys under a prefix with their sizes", json="output JSON Lines"
+    )
+    ls.add_argument("prefix", nargs="?", default="", metavar="PREFIX")
+    ls.set_defaults(handler=cmd_ls)
+
+    cat = command(commands, "cat", "stream an object or an archive#member key to stdout")
+    cat.add_argument("key", metavar="KEY")
+    cat.set_defaults(handler=cmd_cat)
+
+    manifest = commands.add_parser("manifest", help="show a manifest or its statistics")
+    manifest_commands = manifest.add_subparsers(dest="manifest_command", required=True)
+    show = command(manifest_commands, "show", "print manifest entries as JSON Lines")
+    show.add_argument("key", metavar="KEY")
+    show.add_argument(
+        "--resolve",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow manifest_ref entries into their parts (default: yes)",
+    )
+    show.set_defaults(handler=cmd_manifest_show)
+    stats = command(
+        manifest_commands,
+        "stats",
+        "count files, shards, members, refs and bytes",
+        json="output one JSON object",
+    )
+    stats.add_argument("key", metavar="KEY")
+    stats.set_defaults(handler=cmd_manifest_stats)
+
+    verify = command(
+        commands,
+        "verify",
+        "check that everything a manifest references exists and matches it",
+        json="output one JSON report",
+    )
+    verify.add_argument("key", metavar="KEY")
+    verify.add_argument(
+        "--no-data",
+        dest="data",
+        action="store_false",
+        help="existence, size and ETag only (HEAD requests); no checksums",
+    )
+    verify.set_defaults(handler=cmd_verify)
+
+    pack = command(
+        commands,
+        "pack",
+        "pack a local directory into tar shards listed in a manifest (resumable)",
+        json="output one JSON report",
+    )
+    pack.add_argument("src_dir", metavar="SRC_DIR")
+    pack.add_argument("manifest_key", metavar="MANIFEST_KEY")
+    pack.add_argument("--max-entries", type=positive_int, metavar="N", help="files per shard")
+    pack.add_argument(
+        "--max-bytes",
+        type=parse_size,
+        default=parse_size("256MiB"),
+        metavar="B",
+        help="member bytes per shard, e.g. 64MiB, 1G (default 256MiB)",
+    )
+    pack.add_argument("--compression", choices=("none", "gzip"), default="none")
+    pack.add_argument(
+        "--prefix", metavar="P", help="where shards go (default: <manifest dir>/shards)"
+    )
+    pack.add_argument("--jobs", type=positive_int, default=1, metavar="N", help="parallel shards")
+    pack.add_argument("--dry-run", action="store_true", help="plan and report; write nothing")
+    pack.add_argument(
+        "--no-conditional-writes",
+        action="store_true",
+        help="for servers without If-Match/If-None-Match; only one writer at a time then",
+    )
+    pack.set_defaults(handler=cmd_pack)
+
+    compact = command(
+        commands,
+        "compact",
+        "flatten a manifest and its parts into one",
+        json="output one JSON report",
+    )
+    compact.add_argument("src", metavar="SRC")
+    compact.add_argument("dst", metavar="DST")
+    compact.add_argument(
+        "--expand-shards", action="store_true", help="list every shard member as its own entry"
+    )
+    compact.set_defaults(handler=cmd_compact)
+
+    rm = command(
+        commands,
+        "rm",
+        "delete a manifest with everything it references, or keys under a prefix",
+        json="output JSON Lines (--dry-run) or one JSON report",
+    )
+    target = rm.add_mutually_exclusive_group(required=True)
+    target.add_argument("--manifest", metavar="KEY")
+    target.add_argument("--prefix", metavar="P")
+    rm.add_argument("--regex", metavar="R", help="with --prefix: only keys matching (re.search)")
+    rm.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    rm.set_defaults(handler=cmd_rm)
+    return parser
+
+
+def exit_code(error: BaseException) -> ExitCode | None:
+    """The exit code for an error the CLI explains in one line; None for a bug."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+    from pydantic import ValidationError
+
+    codes: list[tuple[type[BaseException] | tuple[type[BaseException], ...], ExitCode]] = [
+        ((PackError, InvalidKeyError, ValidationError), ExitCode.USAGE),
+        (ObjectNotFoundError, ExitCode.NOT_FOUND),
+        ((InvalidManifestError, ShardReadError, ShardWriteError, IntegrityError), ExitCode.INVALID),
+        ((AccessDeniedError, NoCredentialsError, PartialCredentialsError), ExitCode.DENIED),
+        ((PackConflictError, ConcurrentModificationError), ExitCode.CONFLICT),
+        ((S3ExchangeError, BotoCoreError, ClientError), ExitCode.STORAGE),
+    ]
+    if isinstance(error, CliError):
+        return error.code
+    if isinstance(error, StorageError) and error.code in ("NoSuchBucket", "NoSuchUpload"):
+        return ExitCode.NOT_FOUND
+    for types, code in codes:
+        if isinstance(error, types):
+            return code
+    return None
+
+
+def _message(error: BaseException) -> str:
+    from botocore.exceptions import NoCredentialsError
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, NoCredentialsError):
+        return (
+            "no credentials: set S3EXCHANGE_AWS_ACCESS_KEY_ID and S3EXCHANGE_AWS_SECRET_ACCESS_KEY"
+            " (or configure the AWS credential chain)"
+        )
+    if isinstance(error, AccessDeniedError):
+        return f"{text} (check the credentials and the bucket's permissions)"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        sys.stderr.write("s3exchange: interrupted\n")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (``| head``): silence the final flush of stdout as well
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.BROKEN_PIPE
+    except Exception as error:
+        code = exit_code(error)
+        if code is None:
+            raise  # a bug: keep the traceback
+        sys.stderr.write(f"s3exchange: error: {_message(error)}\n")
+        return code

@@ -1,0 +1,176 @@
+"""Commands that write or delete: ``pack``, ``compact`` and ``rm``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import TYPE_CHECKING
+
+from .. import packing
+from ._common import CliError, ExitCode, Progress, confirm, emit, emit_json, human_size, open_store
+from ._walk import walk_manifest
+
+if TYPE_CHECKING:
+    from ..store import S3ExchangeStore
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    """Pack a local directory into shards and list them in a manifest (see :mod:`..packing`)."""
+    options = {"conditional_writes": "off"} if args.no_conditional_writes else {}
+    store = open_store(args, **options)
+    with Progress(f"pack {args.manifest_key}") as bar:
+        report = packing.pack(
+            store,
+            args.src_dir,
+            args.manifest_key,
+            max_entries=args.max_entries,
+            max_bytes=args.max_bytes,
+            compression=args.compression,
+            prefix=args.prefix,
+            jobs=args.jobs,
+            dry_run=args.dry_run,
+            progress=bar,
+        )
+    if args.json:
+        emit_json(report)
+        return ExitCode.OK
+    actions = [
+        (report["uploaded"], "new"),
+        (report["replaced"], "re-uploaded (stored but not listed)"),
+        (report["restored"], "restored (listed but missing)"),
+        (report["skipped"], "already done"),
+    ]
+    done = ", ".join(f"{n} {what}" for n, what in actions if n) or "nothing to do"
+    verb = "would pack" if report["dry_run"] else "packed"
+    emit(
+        f"{verb} {report['files']:,} files ({human_size(report['member_bytes'])}) into "
+        f"{report['shards']:,} shards under {report['prefix']}/ for {report['manifest_key']}: "
+        f"{done}"
+    )
+    if not report["dry_run"]:
+        emit(
+            f"uploaded {human_size(report['uploaded_bytes'])} in {report['seconds']:.1f} s; "
+            f"{len(report['parts'])} manifest parts appended"
+        )
+    return ExitCode.OK
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Flatten a manifest and its parts into one manifest."""
+    store = open_store(args)
+    report = store.compact_manifest(args.src, args.dst, expand_shards=args.expand_shards)
+    if args.json:
+        emit_json(report)
+    else:
+        emit(
+            f"compacted {report['src_manifest_key']} into {report['dst_manifest_key']}: "
+            f"{report['total_entries']:,} entries ({report['file_entries']:,} files, "
+            f"{report['shard_entries']:,} shards)"
+        )
+    return ExitCode.OK
+
+
+def manifest_targets(store: S3ExchangeStore, key: str) -> list[tuple[str, str]]:
+    """``(role, key)`` of everything ``store.delete_manifest(key)`` deletes, in its order.
+
+    Mirrors :func:`s3exchange.deletion.delete_manifest`: objects, then archives, then the
+    manifests deepest first; keys deduplicated; members listed one by one are not deleted
+    (their archive goes only when a shard entry lists it).
+    """
+    seen: set[str] = set()
+    roles: dict[str, list[str]] = {"object": [], "archive": [], "manifest": []}
+
+    def add(role: str, target: str) -> None:
+        if target not in seen:
+            seen.add(target)
+            roles[role].append(target)
+
+    add("manifest", store.resolve(key))
+    for _, entry in walk_manifest(store, key):
+        if entry["kind"] == "manifest_ref":
+            add("manifest", entry["key"])
+        elif entry["kind"] == "shard":
+            add("archive", entry["archive_key"])
+        elif "archive_key" not in entry:
+            add("object", entry["key"])
+    return [
+        *(("object", k) for k in roles["object"]),
+        *(("archive", k) for k in roles["archive"]),
+        *(("manifest", k) for k in reversed(roles["manifest"])),
+    ]
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    """Delete by manifest or by prefix; ``--dry-run`` lists, otherwise confirm (or ``--yes``)."""
+    if args.regex is not None and args.manifest is not None:
+        raise CliError(ExitCode.USAGE, "--regex goes with --prefix, not --manifest")
+    store = open_store(args)
+    if args.manifest is not None:
+        return _rm_manifest(store, args)
+    return _rm_prefix(store, args)
+
+
+def _rm_manifest(store: S3ExchangeStore, args: argparse.Namespace) -> int:
+    targets = manifest_targets(store, args.manifest)
+    if args.dry_run:
+        for role, key in targets:
+            if args.json:
+                emit_json({"role": role, "key": key})
+            else:
+                emit(f"{role:<10}{key}")
+        return ExitCode.OK
+    counts = {role: sum(r == role for r, _ in targets) for role in ("object", "archive")}
+    confirm(
+        f"delete {counts['object']} objects, {counts['archive']} archives and "
+        f"{len(targets) - sum(counts.values())} manifests of {store.resolve(args.manifest)}?",
+        yes=args.yes,
+    )
+    report = store.delete_manifest(args.manifest)
+    if args.json:
+        emit_json(report)
+    else:
+        emit(
+            f"deleted {report['deleted_object_count']} objects, "
+            f"{report['deleted_archive_count']} archives, "
+            f"{report['deleted_manifest_count']} manifests"
+        )
+    for failure in report["errors"]:
+        sys.stderr.write(f"{failure['key']}: {failure['code']} {failure['message']}\n")
+    if report["errors"]:
+        sys.stderr.write("the manifests were kept so the deletion can be run again\n")
+        return ExitCode.STORAGE
+    return ExitCode.OK
+
+
+def _rm_prefix(store: S3ExchangeStore, args: argparse.Namespace) -> int:
+    if not args.prefix.strip("/"):
+        raise CliError(ExitCode.USAGE, "--prefix must not be empty (that would be everything)")
+    try:
+        pattern = re.compile(args.regex) if args.regex is not None else None
+    except re.error as exc:
+        raise CliError(ExitCode.USAGE, f"invalid --regex {args.regex!r}: {exc}") from None
+    matched = [
+        obj
+        for obj in store.list_objects(args.prefix)
+        if pattern is None or pattern.search(obj["key"])
+    ]
+    if args.dry_run:
+        for obj in matched:
+            if args.json:
+                emit_json({"key": obj["key"], "size": obj["size"]})
+            else:
+                emit(obj["key"])
+        return ExitCode.OK
+    deleted = 0
+    if matched:
+        where = f" matching {args.regex!r}" if args.regex is not None else ""
+        size = human_size(sum(obj["size"] for obj in matched))
+        question = f"delete {len(matched)} objects ({size}) under {args.prefix!r}{where}?"
+        confirm(question, yes=args.yes)
+        deleted = store.delete_prefix(args.prefix, args.regex)
+    if args.json:
+        emit_json({"prefix": args.prefix, "regex": args.regex, "deleted": deleted})
+    else:
+        emit(f"deleted {deleted} objects")
+    return ExitCode.OK
