@@ -245,13 +245,6 @@ def _read_file(store: S3ExchangeStore, entry: FileEntry, verify: bool | None) ->
         return stream.read()
 
 
-def _close(iterator: Iterator[Any]) -> None:
-    """Close a generator early (the store's member iterator: it then closes its GET body)."""
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
-
-
 def _shard_members(
     store: S3ExchangeStore, job: Job, verify: bool | None, stop: threading.Event
 ) -> Iterator[list[Item]]:
@@ -276,7 +269,7 @@ def _shard_members(
                 yield chunk
                 chunk, size = [], 0
     finally:
-        _close(members)  # closes the GET body without reading the rest of the archive
+        members.close()  # closes the GET body without reading the rest of the archive
     if remaining and not stop.is_set():
         raise ShardReadError(entry["archive_key"], f"ended {remaining} members short of the plan")
     if chunk:
@@ -348,7 +341,7 @@ def _shard_groups(
             entries.append(member.entry)
             size += len(data)
     finally:
-        _close(members)
+        members.close()
     if entries:
         chunk.append((sample, entries))
         remaining -= 1

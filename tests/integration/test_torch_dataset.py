@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import IO, Any
 from unittest import mock
@@ -268,7 +268,7 @@ class CountingStore(S3ExchangeStore):
         *,
         select: Callable[[int, FileEntry], bool] | None = None,
         verify: bool | None = None,
-    ) -> Iterator[ShardMember]:
+    ) -> Generator[ShardMember, None, None]:
         for member in super().iter_shard_members(entry, select=select, verify=verify):
             self.fetched["member"] += 1
             yield member
