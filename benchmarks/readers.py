@@ -1,0 +1,513 @@
+"""The readers the suite compares; each measurement runs in its own interpreter.
+
+``python -m benchmarks.readers '<json spec>'`` runs ``READERS[spec["reader"]]`` and prints one
+``BENCH-RESULT {json}`` line. Timing starts after imports and covers everything a training job
+would pay for: client creation, manifest read (ours), DataLoader worker start-up, every GET and
+the hand-over of every sample to the main process.
+
+DataLoader readers use ``num_workers=spec["workers"]`` (2), the platform's default start method
+(fork on Linux), ``batch_size=spec["batch_size"]`` and a collate function that only lists the
+samples, so what is measured is data movement, not tensor conversion.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import os
+import random
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import psutil
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from benchmarks.common import MIB, RESULT_PREFIX
+from benchmarks.datagen import loose_keys
+from s3exchange import S3ExchangeStore
+from s3exchange.shard import write_shard
+from s3exchange.testing.servers import LocalS3
+from s3exchange.types import ShardItem
+from s3exchange_torch import EpochPlan, S3ExchangeIterableDataset
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+Spec = dict[str, Any]
+Result = dict[str, Any]
+
+POOL_CONNECTIONS = 32
+"""``max_pool_connections`` of every boto3 client: above the 19 requests ours keeps in flight."""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _s3(spec: Spec) -> LocalS3:
+    return LocalS3(**spec["s3"])
+
+
+def _client(s3: LocalS3) -> S3Client:
+    return s3.client(max_pool_connections=POOL_CONNECTIONS)
+
+
+def _store(spec: Spec) -> S3ExchangeStore:
+    return S3ExchangeStore(_client(_s3(spec)), spec["bucket"])
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    """Collate that keeps the samples as they are."""
+    return batch
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _loader(dataset: Any, spec: Spec, batched: bool = True) -> Iterable[Any]:
+    workers = int(spec.get("workers", 2))
+    if workers == 0 and not batched:
+        return dataset  # type: ignore[no-any-return]
+    return DataLoader(
+        dataset,
+        num_workers=workers,
+        batch_size=int(spec.get("batch_size", 32)) if batched else None,
+        collate_fn=_as_list if batched else None,
+    )
+
+
+def _throughput(samples: int, nbytes: int, elapsed: float, **extra: Any) -> Result:
+    return {
+        "samples": samples,
+        "bytes": nbytes,
+        "elapsed_s": round(elapsed, 4),
+        "samples_per_s": samples / elapsed,
+        "mb_per_s": nbytes / elapsed / 1e6,
+        **extra,
+    }
+
+
+def _tally(batches: Iterable[list[Any]], size: Callable[[Any], int | None]) -> tuple[int, int]:
+    """Samples and payload bytes of every batch; ``size`` returns None for a non-sample."""
+    samples = nbytes = 0
+    for batch in batches:
+        for sample in batch:
+            length = size(sample)
+            if length is not None:
+                samples += 1
+                nbytes += length
+    return samples, nbytes
+
+
+class _PeakRss:
+    """Peak resident set size of this process while the block runs, sampled every 2 ms."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.baseline = 0
+        self.peak = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> _PeakRss:
+        gc.collect()
+        self.baseline = self.peak = self._process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+        # ru_maxrss (KiB on Linux) catches a spike between two samples.
+        self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+    @property
+    def growth(self) -> int:
+        return max(0, self.peak - self.baseline)
+
+
+# --------------------------------------------------------------------------------------------
+# ours
+# --------------------------------------------------------------------------------------------
+
+
+def _data_only(data: bytes, entry: object) -> bytes:
+    """A transform that drops the entry, to measure what shipping it to the main process costs."""
+    return data
+
+
+def _ours_dataset(spec: Spec, store: S3ExchangeStore) -> S3ExchangeIterableDataset:
+    options: dict[str, Any] = {}
+    for name in ("shuffle", "io_threads", "prefetch_shards", "verify", "shuffle_buffer"):
+        if name in spec:
+            options[name] = spec[name]
+    if spec.get("data_only"):
+        options["transform"] = _data_only
+    dataset = S3ExchangeIterableDataset(store, spec["manifest"], **options)
+    return dataset.resolve()  # before forking workers, as the dataset's docs advise
+
+
+def _sample_size(sample: Any) -> int:
+    return len(sample) if isinstance(sample, bytes) else len(sample[0])
+
+
+def ours(spec: Spec) -> Result:
+    """S3ExchangeIterableDataset over a manifest of shards or loose files."""
+    began = time.perf_counter()
+    dataset = _ours_dataset(spec, _store(spec))
+    samples, nbytes = _tally(_loader(dataset, spec), _sample_size)
+    return _throughput(samples, nbytes, time.perf_counter() - began)
+
+
+# --------------------------------------------------------------------------------------------
+# webdataset through a boto3 streaming opener
+# --------------------------------------------------------------------------------------------
+
+_WDS_S3: LocalS3 | None = None
+_WDS_CLIENT: tuple[int, S3Client] | None = None
+
+
+def _wds_client() -> S3Client:
+    """One boto3 client per process (a forked worker makes its own)."""
+    global _WDS_CLIENT  # noqa: PLW0603
+    if _WDS_CLIENT is None or _WDS_CLIENT[0] != os.getpid():
+        assert _WDS_S3 is not None
+        _WDS_CLIENT = (os.getpid(), _client(_WDS_S3))
+    return _WDS_CLIENT[1]
+
+
+class _RawBody(io.RawIOBase):
+    """A botocore StreamingBody as a raw stream, so io.BufferedReader can sit on top."""
+
+    def __init__(self, body: Any) -> None:
+        super().__init__()
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> Any:
+    """webdataset ``gopen`` handler for ``s3://bucket/key``: the GET's streaming body.
+
+    ``WDS_BUFFER`` (bytes) puts an ``io.BufferedReader`` of that size in front of it.
+    """
+    parsed = urlparse(url)
+    response = _wds_client().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+    buffer = int(os.environ.get("WDS_BUFFER", "0"))
+    if buffer:
+        return io.BufferedReader(_RawBody(response["Body"]), buffer)
+    return response["Body"]
+
+
+def _wds_dataset(spec: Spec) -> Any:
+    import webdataset as wds
+
+    global _WDS_S3  # noqa: PLW0603
+    _WDS_S3 = _s3(spec)
+    wds.gopen_schemes["s3"] = gopen_s3  # the idiomatic hook for a URL scheme in webdataset 1.x
+    if spec.get("wds_buffer"):
+        os.environ["WDS_BUFFER"] = str(spec["wds_buffer"])
+    urls = [f"s3://{spec['bucket']}/{key}" for key in spec["archive_keys"]]
+    return wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+
+
+def _wds_size(sample: dict[str, Any]) -> int | None:
+    data = sample.get("bin")
+    return None if data is None else len(data)  # the internal manifest is a sample of its own
+
+
+def webdataset(spec: Spec) -> Result:
+    """``webdataset.WebDataset`` over ``s3://`` URLs opened by :func:`gopen_s3`."""
+    began = time.perf_counter()
+    samples, nbytes = _tally(_loader(_wds_dataset(spec), spec), _wds_size)
+    return _throughput(samples, nbytes, time.perf_counter() - began)
+
+
+# --------------------------------------------------------------------------------------------
+# raw boto3 baselines
+# --------------------------------------------------------------------------------------------
+
+
+class _WholeShards(IterableDataset[tuple[int, int]]):
+    """Each worker GETs its share of whole shards and reads them fully (1 MiB reads)."""
+
+    def __init__(self, s3: LocalS3, bucket: str, keys: list[str], members: int) -> None:
+        self.s3, self.bucket, self.keys, self.members = s3, bucket, keys, members
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        worker_id, workers = _worker()
+        client = _client(self.s3)
+        for key in self.keys[worker_id::workers]:
+            body = client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            size = 0
+            while chunk := body.read(MIB):
+                size += len(chunk)
+            yield self.members, size
+
+
+def raw_shards(spec: Spec) -> Result:
+    """The ceiling: whole-shard GETs read to the end, one small item per shard to the main."""
+    began = time.perf_counter()
+    dataset = _WholeShards(_s3(spec), spec["bucket"], spec["archive_keys"], spec["members"])
+    samples = nbytes = 0
+    for members, size in _loader(dataset, spec, batched=False):
+        samples += members
+        nbytes += size
+    return _throughput(samples, nbytes, time.perf_counter() - began)
+
+
+class _SequentialGets(IterableDataset[bytes]):
+    """Each worker GETs its share of the keys one after the other."""
+
+    def __init__(self, s3: LocalS3, bucket: str, keys: list[str]) -> None:
+        self.s3, self.bucket, self.keys = s3, bucket, keys
+
+    def __iter__(self) -> Iterator[bytes]:
+        worker_id, workers = _worker()
+        client = _client(self.s3)
+        for key in self.keys[worker_id::workers]:
+            yield client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+
+def sequential_gets(spec: Spec) -> Result:
+    """A per-object GET loop in each DataLoader worker (the usual hand-written Dataset)."""
+    began = time.perf_counter()
+    keys = loose_keys(spec["prefix"], spec["count"])
+    dataset = _SequentialGets(_s3(spec), spec["bucket"], keys)
+    samples, nbytes = _tally(_loader(dataset, spec), len)
+    return _throughput(samples, nbytes, time.perf_counter() - began)
+
+
+# --------------------------------------------------------------------------------------------
+# s3torchconnector
+# --------------------------------------------------------------------------------------------
+
+
+def _read_all(reader: Any) -> bytes:
+    data: bytes = reader.read()
+    return data
+
+
+def s3torchconnector(spec: Spec) -> Result:
+    """``S3IterableDataset.from_objects`` (AWS CRT client) pointed at the local endpoint."""
+    from s3torchconnector import S3ClientConfig, S3IterableDataset
+
+    s3 = _s3(spec)
+    # The CRT resolves credentials through the default chain: give it the dummy keys.
+    os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key_id
+    os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_access_key
+    os.environ["AWS_REGION"] = s3.region
+    os.environ.pop("AWS_PROFILE", None)
+    began = time.perf_counter()
+    uris = [f"s3://{spec['bucket']}/{key}" for key in loose_keys(spec["prefix"], spec["count"])]
+    dataset = S3IterableDataset.from_objects(
+        uris,
+        region=s3.region,
+        endpoint=s3.endpoint_url,
+        transform=_read_all,
+        s3client_config=S3ClientConfig(force_path_style=True, max_attempts=2),
+        enable_sharding=True,  # otherwise every worker reads every object
+    )
+    samples, nbytes = _tally(_loader(dataset, spec), len)
+    return _throughput(samples, nbytes, time.perf_counter() - began)
+
+
+# --------------------------------------------------------------------------------------------
+# memory
+# --------------------------------------------------------------------------------------------
+
+
+def memory_ours(spec: Spec) -> Result:
+    """Peak RSS growth while one big shard streams through ours in this process (no workers)."""
+    store = _store(spec)
+    store.s3_client.list_buckets()  # warm the client up before the baseline
+    dataset = _ours_dataset({**spec, "shuffle": False}, store)
+    samples = nbytes = 0
+    began = time.perf_counter()
+    with _PeakRss() as rss:
+        for data, _ in dataset:
+            samples += 1
+            nbytes += len(data)
+            del data
+    return _throughput(
+        samples, nbytes, time.perf_counter() - began, rss_growth=rss.growth, rss_base=rss.baseline
+    )
+
+
+def memory_webdataset(spec: Spec) -> Result:
+    """The same for webdataset (reference only)."""
+    dataset = _wds_dataset(spec)
+    _wds_client().list_buckets()
+    samples = nbytes = 0
+    began = time.perf_counter()
+    with _PeakRss() as rss:
+        for sample in dataset:
+            size = _wds_size(sample)
+            if size is not None:
+                samples += 1
+                nbytes += size
+            del sample
+    return _throughput(
+        samples, nbytes, time.perf_counter() - began, rss_growth=rss.growth, rss_base=rss.baseline
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# write path
+# --------------------------------------------------------------------------------------------
+
+
+def _write_items(spec: Spec) -> list[ShardItem]:
+    rng = random.Random(1)
+    size = int(spec["member_bytes"])
+    count = int(spec["total_bytes"]) // size
+    return [{"member_path": f"{i:07d}.bin", "source": rng.randbytes(size)} for i in range(count)]
+
+
+def write_ours(spec: Spec) -> Result:
+    """``store.put_shard_archive``: hash, tar and multipart-upload the items."""
+    items = _write_items(spec)
+    store = _store(spec)
+    store.s3_client.list_buckets()
+    began = time.perf_counter()
+    entry = store.put_shard_archive(f"write/ours-{os.getpid()}.tar", items).entry
+    elapsed = time.perf_counter() - began
+    archive = int(entry.get("size_bytes", 0))
+    return _throughput(len(items), archive, elapsed, part_size=store.part_size)
+
+
+def write_raw(spec: Spec) -> Result:
+    """The same archive bytes (built before timing) through a bare boto3 multipart upload.
+
+    Same part size and the same number of part uploads in flight as the store.
+    """
+    items = _write_items(spec)
+    store = _store(spec)
+    buffer = io.BytesIO()
+    write_shard(items, buffer, archive_key="raw")
+    data = memoryview(buffer.getbuffer())
+    client = store.s3_client
+    client.list_buckets()
+    bucket, key = spec["bucket"], f"write/raw-{os.getpid()}.tar"
+    part_size, concurrency = store.part_size, store.upload_concurrency
+    began = time.perf_counter()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+    def upload(number: int) -> dict[str, Any]:
+        body = bytes(data[(number - 1) * part_size : number * part_size])
+        response = client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    numbers = range(1, -(-len(data) // part_size) + 1)
+    with ThreadPoolExecutor(concurrency) as pool:
+        parts = list(pool.map(upload, numbers))
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+    )
+    elapsed = time.perf_counter() - began
+    return _throughput(len(items), len(data), elapsed, part_size=part_size)
+
+
+# --------------------------------------------------------------------------------------------
+# manifest scale and planning
+# --------------------------------------------------------------------------------------------
+
+
+def manifest_iter(spec: Spec) -> Result:
+    """``store.iter_manifest_entries`` over a big manifest on the server: entries/s and RSS."""
+    store = _store(spec)
+    store.s3_client.list_buckets()
+    count = 0
+    began = time.perf_counter()
+    with _PeakRss() as rss:
+        for _ in store.iter_manifest_entries(spec["manifest"]):
+            count += 1
+    elapsed = time.perf_counter() - began
+    return {
+        "entries": count,
+        "elapsed_s": round(elapsed, 4),
+        "entries_per_s": count / elapsed,
+        "rss_growth": rss.growth,
+    }
+
+
+def plan(spec: Spec) -> Result:
+    """``EpochPlan`` for many shards, then the segments of every (rank, worker)."""
+    rng = random.Random(0)
+    counts = [rng.randint(64, 1024) for _ in range(int(spec["shards"]))]
+    ranks, workers = int(spec["ranks"]), int(spec["workers"])
+    began = time.perf_counter()
+    epoch_plan = EpochPlan(counts, seed=0, epoch=0, shuffle=True, world_size=ranks, balance="pad")
+    built = time.perf_counter()
+    segments = 0
+    for rank in range(ranks):
+        for worker in range(workers):
+            segments += len(epoch_plan.segments(rank, worker, workers))
+    done = time.perf_counter()
+    return {
+        "shards": len(counts),
+        "ranks": ranks,
+        "workers": workers,
+        "segments": segments,
+        "build_s": round(built - began, 4),
+        "segments_s": round(done - built, 4),
+        "elapsed_s": round(done - began, 4),
+    }
+
+
+READERS: dict[str, Callable[[Spec], Result]] = {
+    "ours": ours,
+    "webdataset": webdataset,
+    "raw_shards": raw_shards,
+    "sequential_gets": sequential_gets,
+    "s3torchconnector": s3torchconnector,
+    "memory_ours": memory_ours,
+    "memory_webdataset": memory_webdataset,
+    "write_ours": write_ours,
+    "write_raw": write_raw,
+    "manifest_iter": manifest_iter,
+    "plan": plan,
+}
+
+
+def main(argv: list[str]) -> int:
+    spec: Spec = json.loads(argv[1])
+    torch.set_num_threads(1)
+    result = READERS[spec["reader"]](spec)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
