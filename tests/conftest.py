@@ -51,14 +51,20 @@ def moto_server() -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def s3_client(moto_server: RunningServer) -> S3Client:
-    """A boto3 client for the session's moto server."""
-    return moto_server.s3.client()
+def s3_server(moto_server: RunningServer) -> RunningServer:
+    """The server behind ``s3_client``/``store``: moto, unless a module overrides it."""
+    return moto_server
+
+
+@pytest.fixture
+def s3_client(s3_server: RunningServer) -> S3Client:
+    """A boto3 client for the session's server (moto by default)."""
+    return s3_server.s3.client()
 
 
 @pytest.fixture
 def bucket(s3_client: S3Client) -> Iterator[str]:
-    """A fresh, uniquely named bucket on moto, deleted afterwards."""
+    """A fresh, uniquely named bucket, deleted afterwards."""
     name = _new_bucket(s3_client)
     yield name
     _delete_bucket(s3_client, name)
@@ -66,7 +72,7 @@ def bucket(s3_client: S3Client) -> Iterator[str]:
 
 @pytest.fixture
 def store(s3_client: S3Client, bucket: str) -> S3ExchangeStore:
-    """An S3ExchangeStore over the fresh moto bucket."""
+    """An S3ExchangeStore over the fresh bucket."""
     from s3exchange import S3ExchangeStore
 
     return S3ExchangeStore(s3_client=s3_client, bucket=bucket)

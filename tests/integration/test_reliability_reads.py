@@ -21,19 +21,19 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def proxy(moto_server: Any) -> Iterator[FaultProxy]:
-    port = int(moto_server.s3.endpoint_url.rsplit(":", 1)[1])
+def proxy(s3_server: Any) -> Iterator[FaultProxy]:
+    port = int(s3_server.s3.endpoint_url.rsplit(":", 1)[1])
     with FaultProxy(upstream_port=port) as running:
         yield running
 
 
 @pytest.fixture
-def flaky_store(proxy: FaultProxy, moto_server: Any, bucket: str) -> S3ExchangeStore:
+def flaky_store(proxy: FaultProxy, s3_server: Any, bucket: str) -> S3ExchangeStore:
     """A store whose every request crosses the fault proxy, with a short read timeout."""
     import boto3
     from botocore.config import Config
 
-    s3 = moto_server.s3
+    s3 = s3_server.s3
     client = boto3.client(
         "s3",
         endpoint_url=proxy.endpoint_url,

@@ -149,9 +149,9 @@ def _append_worker(args: tuple[dict[str, Any], str, int, int]) -> list[str]:
 
 
 def test_concurrent_append_parts_writers_lose_no_part(
-    moto_server: Any, store: S3ExchangeStore, bucket: str
+    s3_server: Any, store: S3ExchangeStore, bucket: str
 ) -> None:
-    s3 = moto_server.s3
+    s3 = s3_server.s3
     env = {
         "endpoint_url": s3.endpoint_url,
         "aws_access_key_id": s3.access_key_id,
