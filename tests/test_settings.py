@@ -38,3 +38,24 @@ def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("S3EXCHANGE_BUCKET=from-dotenv\n")
     assert S3Settings().bucket == "from-dotenv"
+
+
+def test_secrets_stay_out_of_store_reprs_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from s3exchange import S3ExchangeStore
+
+    secret = "never-print-this-secret"
+    settings = S3Settings(
+        endpoint_url="http://127.0.0.1:9",
+        region="us-east-1",
+        bucket="b",
+        aws_access_key_id="AKIAEXAMPLE",
+        aws_secret_access_key=secret,
+    )
+    with caplog.at_level(logging.DEBUG, logger="s3exchange"):
+        store = S3ExchangeStore.from_settings(settings)
+        texts = [repr(store), str(store), repr(store._bucket), repr(store._bucket._factory)]
+    texts.append(caplog.text)
+    for text in texts:
+        assert secret not in text
