@@ -204,3 +204,56 @@ def test_server_ignoring_conditional_writes_is_refused(
         "manifest_ref"
     ]
     assert not [k for k in store.list_keys() if ".s3exchange-probe-" in k]
+
+
+def _refuse_keys_containing(marker: str) -> Any:
+    """A before-send hook answering DeleteObjects itself, with per-key errors for the keys that
+    contain ``marker`` (what a server sends for keys under a legal hold). The request never
+    reaches the server, so only the reporting of the response is under test."""
+    import re
+
+    def hook(request: Any, **_: Any) -> AWSResponse | None:
+        if "?delete" not in request.url:
+            return None
+        keys = re.findall(rb"<Key>(.*?)</Key>", request.body)
+        errors = b"".join(
+            b"<Error><Key>" + k + b"</Key><Code>AccessDenied</Code><Message>held</Message></Error>"
+            for k in keys
+            if marker.encode() in k
+        )
+        body = b'<?xml version="1.0"?><DeleteResult>' + errors + b"</DeleteResult>"
+        return AWSResponse(request.url, 200, {}, _Raw(body))
+
+    return hook
+
+
+def test_delete_prefix_reports_refused_keys(store: S3ExchangeStore, s3_client: Any) -> None:
+    from s3exchange import DeleteError
+
+    for name in ("a", "held-1", "b", "held-2"):
+        store.put_object(f"p/{name}", b"1")
+    hook = _refuse_keys_containing("held")
+    s3_client.meta.events.register("before-send.s3.DeleteObjects", hook)
+    try:
+        with pytest.raises(DeleteError) as err:
+            store.delete_prefix("p/")
+    finally:
+        s3_client.meta.events.unregister("before-send.s3.DeleteObjects", hook)
+    assert sorted(k for k, _, _ in err.value.errors) == ["p/held-1", "p/held-2"]
+    assert all(code == "AccessDenied" for _, code, _ in err.value.errors)
+
+
+def test_delete_manifest_keeps_manifests_when_data_deletes_fail(
+    store: S3ExchangeStore, s3_client: Any
+) -> None:
+    entries = [store.put_object("d/ok", b"1"), store.put_object("d/held", b"2")]
+    store.write_manifest("d/m.jsonl", entries)
+    hook = _refuse_keys_containing("held")
+    s3_client.meta.events.register("before-send.s3.DeleteObjects", hook)
+    try:
+        report = store.delete_manifest("d/m.jsonl")
+    finally:
+        s3_client.meta.events.unregister("before-send.s3.DeleteObjects", hook)
+    assert [e["key"] for e in report["errors"]] == ["d/held"]
+    assert report["deleted_manifest_count"] == 0
+    assert store.exists("d/m.jsonl")
