@@ -209,24 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(error: BaseException) -> ExitCode | None:
     """The exit code for an error the CLI explains in one line; None for a bug."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
+    from botocore.exceptions import BotoCoreError, ClientError
     from pydantic import ValidationError
 
     codes: list[tuple[type[BaseException] | tuple[type[BaseException], ...], ExitCode]] = [
         ((PackError, InvalidKeyError, ValidationError), ExitCode.USAGE),
         (ObjectNotFoundError, ExitCode.NOT_FOUND),
         ((InvalidManifestError, ShardReadError, ShardWriteError, IntegrityError), ExitCode.INVALID),
-        ((AccessDeniedError, NoCredentialsError, PartialCredentialsError), ExitCode.DENIED),
+        (AccessDeniedError, ExitCode.DENIED),
         ((PackConflictError, ConcurrentModificationError), ExitCode.CONFLICT),
         ((S3ExchangeError, BotoCoreError, ClientError), ExitCode.STORAGE),
     ]
     if isinstance(error, CliError):
         return error.code
+    if _no_credentials(error):
+        return ExitCode.DENIED
     if isinstance(error, StorageError) and error.code in ("NoSuchBucket", "NoSuchUpload"):
         return ExitCode.NOT_FOUND
     for types, code in codes:
@@ -235,17 +232,29 @@ def exit_code(error: BaseException) -> ExitCode | None:
     return None
 
 
-def _message(error: BaseException) -> str:
-    from botocore.exceptions import NoCredentialsError
+def _no_credentials(error: BaseException) -> bool:
+    """Whether boto3 found no (or partial) credentials; the store wraps this in StorageError."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, NoCredentialsError | PartialCredentialsError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _message(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, NoCredentialsError):
+    if _no_credentials(error):
         return (
             "no credentials: set S3EXCHANGE_AWS_ACCESS_KEY_ID and S3EXCHANGE_AWS_SECRET_ACCESS_KEY"
             " (or configure the AWS credential chain)"
         )
     if isinstance(error, AccessDeniedError):
         return f"{text} (check the credentials and the bucket's permissions)"
+    if isinstance(error, ConcurrentModificationError) and "conditional_writes" in text:
+        return f"{text} (with the CLI: pack --no-conditional-writes)"
     return text
 
 
