@@ -96,8 +96,10 @@ class Verifier:
             "bytes_checked": 0,
             "problems": [],
         }
-        # members listed one by one (compact --expand-shards), checked per archive at the end
-        self.expanded: dict[str, dict[str, tuple[str, FileEntry]]] = {}
+        # members listed one by one (compact --expand-shards): a run of consecutive members of
+        # one archive is checked with one pass over it, so memory stays within one archive
+        self.group_archive: str | None = None
+        self.group: dict[str, tuple[str, FileEntry]] = {}
 
     def problem(self, manifest: str, key: str, text: str) -> None:
         self.report["problems"].append({"key": key, "manifest": manifest, "problem": text})
@@ -123,13 +125,20 @@ class Verifier:
                 archive, member = entry["archive_key"], entry.get("member_path")
                 if member is None:
                     member = split_virtual_key(entry["key"])[1] or entry["key"]
-                self.expanded.setdefault(archive, {})[member] = (manifest, entry)
+                if archive != self.group_archive:
+                    self.check_group()
+                    self.group_archive = archive
+                self.group[member] = (manifest, entry)
             else:
                 self.report["files"] += 1
                 self.check_file(manifest, entry)
-        for archive, members in self.expanded.items():
-            self.check_members(archive, members)
+        self.check_group()
         return self.report
+
+    def check_group(self) -> None:
+        if self.group_archive is not None and self.group:
+            self.check_members(self.group_archive, self.group)
+        self.group_archive, self.group = None, {}
 
     def check_file(self, manifest: str, entry: FileEntry) -> None:
         key = entry["key"]
