@@ -12,7 +12,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
 from .body import OpenedBody
 from .errors import (
@@ -55,6 +60,8 @@ def translate(exc: BaseException, key: str | None, operation: str) -> Exception:
         if code in DENIED_CODES:
             return AccessDeniedError(key, operation, code, message or "access denied")
         return StorageError(key, operation, code, message)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return AccessDeniedError(key, operation, type(exc).__name__, str(exc))
     return StorageError(key, operation, type(exc).__name__, str(exc))
 
 

@@ -23,7 +23,9 @@ def compact(
 ) -> CompactReport:
     """Write ``entries`` (shards expanded into member entries when ``expand`` is given) to ``dst``.
 
-    The source is read to the end before ``dst`` appears, so ``dst == src`` is safe.
+    The source is read to the end before ``dst`` appears, so ``dst == src`` survives a crash
+    midway. It is not safe against a concurrent ``append_parts`` on ``src`` (its reference would
+    be overwritten): stop the writers first. Part files are left in place.
     """
     report: CompactReport = {
         "src_manifest_key": src,

@@ -57,9 +57,9 @@ def _walk(read: ManifestReader, key: str, targets: _Targets, path: tuple[str, ..
     for entry in read(key):
         if entry["kind"] == "manifest_ref":
             _walk(read, entry["key"], targets, (*path, key))
-        elif entry["kind"] == "shard":
+        elif "archive_key" in entry:  # a shard, or a shard member listed as a file
             targets.add(targets.archives, entry["archive_key"])
-        elif "archive_key" not in entry:
+        else:
             targets.add(targets.objects, entry["key"])
 
 
@@ -72,6 +72,9 @@ def delete_manifest(
     dedupe: bool = True,
 ) -> DeleteReport:
     """Delete every object and archive the manifest graph references, then the manifests.
+
+    A shard member listed as a file entry (``compact_manifest(expand_shards=True)``) references
+    its whole archive, so the archive is deleted.
 
     The whole graph is read before anything is deleted, so a bad manifest deletes nothing.
     Manifests go last, deepest part first, and only if every data key was deleted: a failed

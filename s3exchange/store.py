@@ -590,7 +590,11 @@ class S3ExchangeStore:
         expand_shards: bool = False,
         vars: Mapping[str, Any] | None = None,
     ) -> CompactReport:
-        """Flatten a manifest (and its parts) into one manifest at ``dst_manifest_key``."""
+        """Flatten a manifest (and its parts) into one manifest at ``dst_manifest_key``.
+
+        Compacting a manifest onto itself survives a crash but not concurrent ``append_parts``
+        writers: stop them first. The old part files stay where they are.
+        """
         src = self.resolve(src_manifest_key, vars)
         dst = self.resolve(dst_manifest_key, vars)
         return compaction.compact(

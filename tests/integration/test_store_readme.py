@@ -407,3 +407,14 @@ def test_virtual_key_opens_a_member(store: S3ExchangeStore) -> None:
     assert store.get_object("s.tar#b.bin").read() == b"m2"
     with pytest.raises(ObjectNotFoundError):
         store.get_object("s.tar#zzz.bin")
+
+
+def test_delete_manifest_of_an_expanded_manifest_deletes_the_archives(
+    store: S3ExchangeStore, tmp_path: Path
+) -> None:
+    shard = store.put_shard_archive("s/a.tar", _items(tmp_path, 2))
+    store.write_manifest("m.jsonl", [shard.entry])
+    store.compact_manifest("m.jsonl", "flat.jsonl", expand_shards=True)
+    report = store.delete_manifest("flat.jsonl")
+    assert report["deleted_archive_count"] == 1
+    assert sorted(store.list_keys()) == ["m.jsonl"]
