@@ -17,7 +17,8 @@ Design, in the order a sample travels:
   The set of samples a rank reads in an epoch does not depend on the number of workers.
 - **Fetch.** :class:`~s3exchange_torch.prefetch.Prefetcher` streams shard members straight from
   the GET body in a thread per shard (``1 + prefetch_shards`` shards open at most) and fetches
-  loose objects on ``io_threads`` threads, handing samples over in lists and in plan order.
+  loose objects on ``io_threads`` threads (by default as many as the client's connection pool
+  leaves free), handing samples over in lists and in plan order.
 - **Shuffle buffer.** With ``shuffle=True`` samples also pass a buffer of ``shuffle_buffer``
   samples (default 1000) whose RNG is seeded from ``(seed, epoch, rank, worker)``. It counts
   samples, not bytes, so its decisions never depend on the data: that is what makes exact
@@ -86,6 +87,10 @@ _STATE_KEYS = (
     "worker_samples",
     "emitted",
 )
+AUTO_IO_THREADS_MAX = 32
+"""Ceiling of the automatic ``io_threads``: past it more threads only contend for the GIL."""
+DEFAULT_POOL_CONNECTIONS = 10
+"""botocore's ``max_pool_connections`` when the client does not say."""
 _POOL_WARNED: set[int] = set()
 """Processes that already logged the small connection pool warning."""
 
@@ -103,20 +108,28 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _warn_small_pool(store: S3ExchangeStore, needed: int) -> None:
-    """Log once when the client's connection pool is smaller than the requests in flight."""
-    if os.getpid() in _POOL_WARNED:
-        return
-    size = getattr(store.s3_client.meta.config, "max_pool_connections", None)
-    if isinstance(size, int) and size < needed:
+def _io_threads(store: S3ExchangeStore, requested: int | None, shard_streams: int) -> int:
+    """Loose requests in flight per worker: ``requested``, or what the connection pool allows.
+
+    Automatic sizing keeps every request on a pooled connection (urllib3 otherwise opens and
+    drops an extra connection per request, and logs each); an explicit number above the pool
+    is honoured with one warning per process.
+    """
+    pool = getattr(store.s3_client.meta.config, "max_pool_connections", None)
+    pool = pool if isinstance(pool, int) and pool > 0 else DEFAULT_POOL_CONNECTIONS
+    if requested is None:
+        return max(1, min(AUTO_IO_THREADS_MAX, pool - shard_streams))
+    needed = requested + shard_streams
+    if needed > pool and os.getpid() not in _POOL_WARNED:
         _POOL_WARNED.add(os.getpid())
         log.warning(
             "the S3 client keeps %d connections but up to %d requests run at once; create it "
             "with botocore.config.Config(max_pool_connections=%d) to avoid reconnecting",
-            size,
+            pool,
             needed,
             needed,
         )
+    return requested
 
 
 @dataclass(slots=True)
@@ -149,7 +162,9 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         shuffle_buffer: samples in the shuffle buffer of each worker (only with ``shuffle``).
         group_by: ``None`` for a sample per file; ``"key"`` for a webdataset-style sample per
             key, never split across ranks or workers.
-        io_threads: loose objects requested concurrently per worker.
+        io_threads: loose objects requested concurrently per worker; ``None`` sizes it to the
+            client's connection pool (``max_pool_connections`` minus the shard streams, at
+            most 32), so raise the pool for more concurrency on high-latency stores.
         prefetch_shards: shards streamed ahead of the one being consumed, per worker.
         verify: check sizes and sha256 against the manifest (``None``: the store's default).
     """
@@ -167,7 +182,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         balance: Balance = "pad",
         shuffle_buffer: int = 1000,
         group_by: GroupBy = None,
-        io_threads: int = 16,
+        io_threads: int | None = None,
         prefetch_shards: int = 2,
         verify: bool | None = None,
     ) -> None:
@@ -176,7 +191,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             raise ValueError(f"balance must be None, 'pad' or 'drop', got {balance!r}")
         if group_by not in (None, "key"):
             raise ValueError(f"group_by must be None or 'key', got {group_by!r}")
-        if io_threads < 1 or prefetch_shards < 0 or shuffle_buffer < 0:
+        if (io_threads is not None and io_threads < 1) or prefetch_shards < 0 or shuffle_buffer < 0:
             raise ValueError("io_threads must be >= 1, prefetch_shards and shuffle_buffer >= 0")
         default_rank, default_world = _default_rank_world()
         self._rank = default_rank if rank is None else rank
@@ -312,12 +327,13 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             point = replay(progress.total, self._shuffle_buffer, rng, progress.emitted)
         else:
             point = ResumePoint(progress.emitted)
-        _warn_small_pool(self._store, self._io_threads + 1 + self._prefetch_shards)
+        shard_streams = 1 + self._prefetch_shards
+        io_threads = _io_threads(self._store, self._io_threads, shard_streams)
         prefetcher = Prefetcher(
             self._store,
             plan_jobs(units, segments, point),
             group_by=self._group_by,
-            io_threads=self._io_threads,
+            io_threads=io_threads,
             prefetch_shards=self._prefetch_shards,
             verify=self._verify,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import threading
 import time
 import uuid
@@ -412,3 +413,18 @@ def test_missing_loose_object_raises_naming_the_key(store: S3ExchangeStore) -> N
     with pytest.raises(ObjectNotFoundError, match=r"nowhere/0\.bin"):
         list(ds)
     wait_for_no_threads()
+
+
+def test_io_threads_default_to_what_the_connection_pool_leaves_free(
+    moto_server: RunningServer, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def store_with_pool(size: int) -> S3ExchangeStore:
+        return S3ExchangeStore(moto_server.s3.client(max_pool_connections=size), bucket)
+
+    assert dataset_module._io_threads(store_with_pool(10), None, shard_streams=3) == 7
+    assert dataset_module._io_threads(store_with_pool(64), None, shard_streams=3) == 32
+    assert dataset_module._io_threads(store_with_pool(2), None, shard_streams=3) == 1
+    dataset_module._POOL_WARNED.discard(os.getpid())
+    with caplog.at_level("WARNING", logger="s3exchange_torch.dataset"):
+        assert dataset_module._io_threads(store_with_pool(10), 16, shard_streams=3) == 16
+    assert "max_pool_connections=19" in caplog.text
