@@ -20,9 +20,10 @@ Design, in the order a sample travels:
   loose objects on ``io_threads`` threads (by default as many as the client's connection pool
   leaves free), handing samples over in lists and in plan order.
 - **Shuffle buffer.** With ``shuffle=True`` samples also pass a buffer of ``shuffle_buffer``
-  samples (default 1000) whose RNG is seeded from ``(seed, epoch, rank, worker)``. It counts
-  samples, not bytes, so its decisions never depend on the data: that is what makes exact
-  resumption possible (:mod:`s3exchange_torch.shuffle`). Memory per worker is about
+  samples (default 1000) whose RNG is seeded from ``(seed, epoch, rank, worker)``; it starts
+  emitting after 100 samples and fills up to its size while emitting, as webdataset's does. It
+  counts samples, not bytes, so its decisions never depend on the data: that is what makes
+  exact resumption possible (:mod:`s3exchange_torch.shuffle`). Memory per worker is about
   ``shuffle_buffer`` x the mean sample size; lower it for large samples.
 - **Output.** ``transform(data, entry)`` when given, else the ``(data, entry)`` tuple. With
   ``group_by="key"`` a sample is a webdataset-style dict (``__key__``, ``__url__`` and one
@@ -341,7 +342,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             items: Iterator[Item] = chain.from_iterable(prefetcher.chunks())
             if buffered:
                 buffer = _restore_buffer(items, point.pending)
-                items = shuffled(items, self._shuffle_buffer, rng, buffer)
+                items = shuffled(items, self._shuffle_buffer, rng, buffer, arrived=point.arrived)
             transform = self._transform
             if transform is not None:
                 for data, entry in items:

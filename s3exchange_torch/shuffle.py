@@ -2,11 +2,14 @@
 
 The buffer holds up to ``size`` samples. Each arriving sample is appended; once the buffer is
 full, one slot chosen by the RNG is emitted (swapped to the end and popped); when the input ends
-the rest drains in RNG order. Which *slot* is emitted depends only on the RNG and on how many
-samples are buffered, never on the samples themselves. So running the same algorithm over
-positions ``0..total-1`` (:func:`replay`) tells, for any number ``k`` of samples already
-emitted, which input positions were emitted (those arrived and no longer buffered), which are
-still buffered (and in which slots), and leaves the RNG exactly where the live run had it.
+the rest drains in RNG order. So that the first samples do not wait for ``size`` arrivals, the
+buffer starts emitting once it holds ``initial`` samples, one emission per two arrivals until
+it is full (webdataset's ``shuffle(bufsize, initial)`` ramps up the same way). Whether a sample
+is emitted, and which *slot*, depends only on the RNG and on counts, never on the samples.
+So running the same algorithm over positions ``0..total-1`` (:func:`replay`) tells, for any
+number ``k`` of samples already emitted, which input positions were emitted (those arrived and
+no longer buffered), which are still buffered (and in which slots), and leaves the RNG exactly
+where the live run had it.
 A resumed run fetches only the buffered positions and the ones not yet arrived, and continues
 with :func:`shuffled` to produce exactly the rest of the original sequence.
 """
@@ -19,9 +22,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["ResumePoint", "buffer_rng", "replay", "shuffled"]
+__all__ = ["INITIAL", "ResumePoint", "buffer_rng", "replay", "shuffled"]
 
 T = TypeVar("T")
+
+INITIAL = 100
+"""Samples buffered before the first emission (at most ``size``)."""
 
 
 def buffer_rng(seed: int, epoch: int, rank: int, worker_id: int, num_workers: int) -> random.Random:
@@ -50,44 +56,61 @@ def _pick(buffer: list[T], random01: float) -> T:
     return buffer.pop()
 
 
+def _emits(buffered: int, arrived: int, size: int, initial: int) -> bool:
+    """Whether arrival number ``arrived`` (leaving ``buffered`` held) triggers an emission."""
+    return buffered >= size or (buffered >= initial and not arrived & 1)
+
+
 def shuffled(
-    items: Iterable[T], size: int, rng: random.Random, buffer: list[T] | None = None
+    items: Iterable[T],
+    size: int,
+    rng: random.Random,
+    buffer: list[T] | None = None,
+    *,
+    arrived: int = 0,
+    initial: int = INITIAL,
 ) -> Iterator[T]:
     """Yield ``items`` through a shuffle buffer of ``size`` slots.
 
-    ``buffer`` pre-fills the slots (in slot order) when resuming from a :class:`ResumePoint`;
-    it is consumed. ``size <= 1`` still draws from ``rng`` (one draw per sample), so that replay
-    stays exact; callers skip the buffer entirely when they do not shuffle.
+    When resuming from a :class:`ResumePoint`, ``buffer`` pre-fills the slots (in slot order;
+    it is consumed) and ``arrived`` says how many samples had arrived. ``size <= 1`` still
+    draws from ``rng`` (one draw per sample), so that replay stays exact; callers skip the
+    buffer entirely when they do not shuffle.
     """
     slots: list[T] = buffer if buffer is not None else []
     draw = rng.random
     size = max(size, 1)
+    initial = min(max(initial, 1), size)
     for item in items:
         slots.append(item)
-        if len(slots) >= size:
+        arrived += 1
+        if len(slots) >= size or (len(slots) >= initial and not arrived & 1):
             yield _pick(slots, draw())
     while slots:
         yield _pick(slots, draw())
 
 
-def replay(total: int, size: int, rng: random.Random, emitted: int) -> ResumePoint:
+def replay(
+    total: int, size: int, rng: random.Random, emitted: int, *, initial: int = INITIAL
+) -> ResumePoint:
     """Run the first ``emitted`` decisions of :func:`shuffled` over ``total`` positions.
 
-    Advances ``rng`` exactly as the live run did, so ``shuffled(rest, size, rng, buffer)`` then
-    continues the original sequence, where ``buffer`` holds the data of ``pending`` (slot order)
-    and ``rest`` the data of positions ``arrived..total-1``.
+    Advances ``rng`` exactly as the live run did, so ``shuffled(rest, size, rng, buffer,
+    arrived=point.arrived)`` then continues the original sequence, where ``buffer`` holds the
+    data of ``pending`` (slot order) and ``rest`` the data of positions ``arrived..total-1``.
     """
     if not 0 <= emitted <= total:
         raise ValueError(f"emitted must be in [0, {total}], got {emitted}")
     slots: list[int] = []
     draw = rng.random
     size = max(size, 1)
+    initial = min(max(initial, 1), size)
     arrived = done = 0
     while done < emitted:
         if arrived < total:
             slots.append(arrived)
             arrived += 1
-            if len(slots) < size:
+            if not _emits(len(slots), arrived, size, initial):
                 continue
         _pick(slots, draw())
         done += 1

@@ -6,6 +6,7 @@ No server and no process: these pin the properties the dataset's resumption and 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -24,20 +25,51 @@ def rng() -> random.Random:
     return buffer_rng(seed=3, epoch=1, rank=0, worker_id=0, num_workers=1)
 
 
-@given(total=st.integers(0, 60), size=st.integers(0, 80), data=st.data())
-@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(0, 60),
+    size=st.integers(0, 80),
+    initial=st.integers(0, 30),
+    data=st.data(),
+)
+@settings(max_examples=300, deadline=None)
 def test_replay_then_shuffled_continues_the_exact_sequence(
-    total: int, size: int, data: st.DataObject
+    total: int, size: int, initial: int, data: st.DataObject
 ) -> None:
-    full = list(shuffled(range(total), size, rng()))
+    full = list(shuffled(range(total), size, rng(), initial=initial))
     emitted = data.draw(st.integers(0, total))
     resumed_rng = rng()
-    point = replay(total, size, resumed_rng, emitted)
+    point = replay(total, size, resumed_rng, emitted, initial=initial)
     delivered = set(range(point.arrived)) - set(point.pending)
     assert delivered == set(full[:emitted])
     assert len(point.pending) <= max(size, 1)
-    rest = list(shuffled(range(point.arrived, total), size, resumed_rng, list(point.pending)))
-    assert full[:emitted] + rest == full
+    rest = shuffled(
+        range(point.arrived, total),
+        size,
+        resumed_rng,
+        list(point.pending),
+        arrived=point.arrived,
+        initial=initial,
+    )
+    assert full[:emitted] + list(rest) == full
+
+
+def test_the_buffer_starts_emitting_at_initial_and_fills_up_to_size() -> None:
+    arrivals: list[int] = []
+
+    def source() -> Iterator[int]:
+        for i in range(3000):
+            arrivals.append(i)
+            yield i
+
+    stream = shuffled(source(), 1000, rng(), initial=100)
+    first = next(stream)
+    assert len(arrivals) == 100  # not 1000: the first sample waits for 100 arrivals only
+    assert first < 100
+    for _ in range(1500):
+        next(stream)
+    # one emission per two arrivals while filling (100 -> 1000 takes 1800 arrivals), then one
+    # per arrival: 1501 emissions need 100 + 1800 + (1501 - 1 - 900) arrivals
+    assert len(arrivals) == 100 + 1800 + 600
 
 
 def test_shuffled_is_a_permutation_that_depends_only_on_the_rng() -> None:
