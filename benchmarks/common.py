@@ -61,7 +61,7 @@ FULL = Sizes(
     plan_shards=100_000,
     plan_ranks=4096,
     plan_workers=16,
-    rounds=5,
+    rounds=7,
     slow_rounds=3,
 )
 
