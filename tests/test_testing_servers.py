@@ -191,9 +191,15 @@ def test_stop_leaves_no_thread_alive(
     proxy = FaultProxy(upstream_port=moto_server.port).start()
     client = dataclasses.replace(moto_server.s3, endpoint_url=proxy.endpoint_url).client()
     assert client.get_object(Bucket=bucket, Key="big")["Body"].read() == big_object
-    assert proxy.active_connections >= 1  # boto3 keeps the connection open
+    # An idle client connection that stop() must close (the server may drop boto3's keep-alive).
+    idle = socket.create_connection(("127.0.0.1", proxy.port))
+    deadline = time.monotonic() + 5
+    while proxy.active_connections < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.active_connections >= 1
     proxy.stop()
     proxy.stop()
+    idle.close()
     assert proxy.active_connections == 0
     alive = [t.name for t in threading.enumerate() if t.name.startswith("FaultProxy")]
     assert alive == []
