@@ -37,13 +37,20 @@ class InvalidKeyError(S3ExchangeError, ValueError):
 
 
 class ObjectNotFoundError(S3ExchangeError, KeyError):
-    """The object at ``key`` does not exist."""
+    """The object at ``key`` does not exist.
+
+    Built from a multi-line text (a DataLoader worker's re-raised traceback), the text is the
+    message verbatim and ``key`` is None.
+    """
 
     def __init__(self, key: str, bucket: str | None = None) -> None:
-        self.key = key
+        reraised = "\n" in key
+        self.key: str | None = None if reraised else key
         self.bucket = bucket
         where = f" in bucket {bucket!r}" if bucket else ""
-        super().__init__(f"object not found: {key!r}{where}")
+        super().__init__(key if reraised else f"{self._what} not found: {key!r}{where}")
+
+    _what = "object"
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -52,10 +59,7 @@ class ObjectNotFoundError(S3ExchangeError, KeyError):
 class ManifestNotFoundError(ObjectNotFoundError):
     """The manifest at ``key`` does not exist."""
 
-    def __init__(self, key: str, bucket: str | None = None) -> None:
-        super().__init__(key, bucket)
-        where = f" in bucket {bucket!r}" if bucket else ""
-        self.args = (f"manifest not found: {key!r}{where}",)
+    _what = "manifest"
 
 
 class InvalidManifestError(S3ExchangeError, ValueError):
