@@ -59,7 +59,8 @@ class MultipartWriter(io.RawIOBase):
         self._extra: dict[str, Any] = dict(extra_args or {})
         if content_type:
             self._extra["ContentType"] = content_type
-        self._buffer = bytearray()
+        self._part = bytearray(part_size)
+        self._fill = 0
         self._upload_id: str | None = None
         self._pending: deque[Future[dict[str, Any]]] = deque()
         self._parts: list[dict[str, Any]] = []
@@ -77,19 +78,23 @@ class MultipartWriter(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        """Buffer ``data``; every full part is handed to the upload pool."""
+        """Copy ``data`` into the current part (the only copy); a full part goes to the pool."""
         if self._done:
             raise ValueError("write to a closed MultipartWriter")
         view = memoryview(data).cast("B")
-        self._buffer += view
-        self._bytes_written += len(view)
-        while len(self._buffer) >= self._part_size:
-            part = bytes(self._buffer[: self._part_size])
-            del self._buffer[: self._part_size]
-            self._submit(part)
-        return len(view)
+        size = len(view)
+        while view:
+            take = min(len(view), self._part_size - self._fill)
+            self._part[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == self._part_size:
+                full, self._part, self._fill = self._part, bytearray(self._part_size), 0
+                self._submit(full)
+        self._bytes_written += size
+        return size
 
-    def _submit(self, body: bytes) -> None:
+    def _submit(self, body: bytearray) -> None:
         if self._upload_id is None:
             self._upload_id = self._call(
                 "CreateMultipartUpload",
@@ -106,13 +111,17 @@ class MultipartWriter(io.RawIOBase):
         assert self._pool is not None
         self._pending.append(self._pool.submit(self._upload_part, number, body))
 
-    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
         assert self._upload_id is not None
         upload_id = self._upload_id
         response = self._call(
             f"UploadPart {number}",
             lambda: self._client.upload_part(
-                Bucket=self._bucket, Key=self._key, UploadId=upload_id, PartNumber=number, Body=body
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,  # type: ignore[arg-type]  # botocore sends any bytes-like body
             ),
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
@@ -140,9 +149,10 @@ class MultipartWriter(io.RawIOBase):
             super().close()
 
     def _finish(self) -> None:
+        tail = self._part[: self._fill]
+        self._part, self._fill = bytearray(), 0
         if self._upload_id is None:
-            body = bytes(self._buffer)
-            self._buffer.clear()
+            body = bytes(tail)
             response = self._call(
                 "PutObject",
                 lambda: self._client.put_object(
@@ -151,9 +161,8 @@ class MultipartWriter(io.RawIOBase):
             )
             self.etag = response.get("ETag")
             return
-        if self._buffer:
-            self._submit(bytes(self._buffer))
-            self._buffer.clear()
+        if tail:
+            self._submit(tail)
         while self._pending:
             self._collect_one()
         self._shutdown_pool()
@@ -172,7 +181,7 @@ class MultipartWriter(io.RawIOBase):
     def abort(self) -> None:
         """Drop everything: pending parts are cancelled and the upload is aborted server-side."""
         self._done = True
-        self._buffer.clear()
+        self._part, self._fill = bytearray(), 0
         for future in self._pending:
             future.cancel()
         self._shutdown_pool()
