@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -29,6 +30,7 @@ import psutil
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from benchmarks import patches
 from benchmarks.common import MIB, RESULT_PREFIX
 from benchmarks.datagen import loose_keys
 from s3exchange import S3ExchangeStore
@@ -56,17 +58,59 @@ def _s3(spec: Spec) -> LocalS3:
     return LocalS3(**spec["s3"])
 
 
-def _client(s3: LocalS3) -> S3Client:
-    return s3.client(max_pool_connections=POOL_CONNECTIONS)
+def _client(s3: LocalS3, pool: int = POOL_CONNECTIONS) -> S3Client:
+    return s3.client(max_pool_connections=pool)
 
 
 def _store(spec: Spec) -> S3ExchangeStore:
-    return S3ExchangeStore(_client(_s3(spec)), spec["bucket"])
+    """Our store; ``spec["pool"]`` overrides the client's connection pool size."""
+    return S3ExchangeStore(
+        _client(_s3(spec), int(spec.get("pool", POOL_CONNECTIONS))), spec["bucket"]
+    )
 
 
 def _as_list(batch: list[Any]) -> list[Any]:
     """Collate that keeps the samples as they are."""
     return batch
+
+
+class PackedBatch:
+    """A batch whose sample bytes sit in one uint8 tensor (``offsets`` delimit samples).
+
+    Made in a worker, the tensor is allocated in shared memory, so the batch crosses to the
+    main process as one file descriptor instead of pickled bytes.
+    """
+
+    def __init__(self, data: torch.Tensor, offsets: list[int], rest: list[Any]) -> None:
+        self.data, self.offsets, self.rest = data, offsets, rest
+
+    def __iter__(self) -> Iterator[Any]:
+        for index, extra in enumerate(self.rest):
+            yield self.data[self.offsets[index] : self.offsets[index + 1]], extra
+
+    def __len__(self) -> int:
+        return len(self.rest)
+
+
+def _pack_bytes(batch: list[Any]) -> PackedBatch:
+    """Collate ``(bytes, entry)`` samples into a :class:`PackedBatch` with one copy."""
+    offsets = [0]
+    for data, _ in batch:
+        offsets.append(offsets[-1] + len(data))
+    if get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(offsets[-1])
+        packed = torch.empty(0, dtype=torch.uint8).set_(storage)
+    else:
+        packed = torch.empty(offsets[-1], dtype=torch.uint8)
+    target = memoryview(packed.numpy())
+    for index, (data, _) in enumerate(batch):
+        target[offsets[index] : offsets[index + 1]] = data
+    return PackedBatch(packed, offsets, [entry for _, entry in batch])
+
+
+def _as_one_list(sample: Any) -> list[Any]:
+    """Collate without batching: a list of one sample, so that tallying stays the same."""
+    return [sample]
 
 
 def _worker() -> tuple[int, int]:
@@ -75,15 +119,16 @@ def _worker() -> tuple[int, int]:
 
 
 def _loader(dataset: Any, spec: Spec, batched: bool = True) -> Iterable[Any]:
+    """A DataLoader over ``dataset``, iterated ``spec["epochs"]`` times (default 1)."""
     workers = int(spec.get("workers", 2))
-    if workers == 0 and not batched:
-        return dataset  # type: ignore[no-any-return]
-    return DataLoader(
-        dataset,
-        num_workers=workers,
-        batch_size=int(spec.get("batch_size", 32)) if batched else None,
-        collate_fn=_as_list if batched else None,
+    batch_size = spec.get("batch_size", 32) if batched else None
+    collate: Callable[[Any], Any] = _as_list if batch_size is not None else _as_one_list
+    if spec.get("pack"):
+        collate = _pack_bytes
+    loader: Iterable[Any] = DataLoader(
+        dataset, num_workers=workers, batch_size=batch_size, collate_fn=collate
     )
+    return chain.from_iterable(loader for _ in range(int(spec.get("epochs", 1))))
 
 
 def _throughput(samples: int, nbytes: int, elapsed: float, **extra: Any) -> Result:
@@ -181,6 +226,11 @@ def _data_only(data: bytes, entry: object) -> bytes:
     return data
 
 
+def _as_tensor(data: bytes, entry: object) -> torch.Tensor:
+    """A transform to a uint8 tensor: DataLoader then moves it through shared memory."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
 def _ours_dataset(spec: Spec, store: S3ExchangeStore) -> S3ExchangeIterableDataset:
     options: dict[str, Any] = {}
     for name in ("shuffle", "io_threads", "prefetch_shards", "verify", "shuffle_buffer"):
@@ -188,12 +238,16 @@ def _ours_dataset(spec: Spec, store: S3ExchangeStore) -> S3ExchangeIterableDatas
             options[name] = spec[name]
     if spec.get("data_only"):
         options["transform"] = _data_only
+    if spec.get("tensor"):
+        options["transform"] = _as_tensor
     dataset = S3ExchangeIterableDataset(store, spec["manifest"], **options)
     return dataset.resolve()  # before forking workers, as the dataset's docs advise
 
 
 def _sample_size(sample: Any) -> int:
-    return len(sample) if isinstance(sample, bytes) else len(sample[0])
+    if isinstance(sample, bytes | torch.Tensor):
+        return len(sample)
+    return len(sample[0])
 
 
 def ours(spec: Spec) -> Result:
@@ -305,7 +359,7 @@ def raw_shards(spec: Spec) -> Result:
     began = time.perf_counter()
     dataset = _WholeShards(_s3(spec), spec["bucket"], spec["archive_keys"], spec["members"])
     samples = nbytes = 0
-    for members, size in _loader(dataset, spec, batched=False):
+    for [(members, size)] in _loader(dataset, spec, batched=False):
         samples += members
         nbytes += size
     return _throughput(samples, nbytes, time.perf_counter() - began)
@@ -330,6 +384,30 @@ def sequential_gets(spec: Spec) -> Result:
     keys = loose_keys(spec["prefix"], spec["count"])
     dataset = _SequentialGets(_s3(spec), spec["bucket"], keys)
     samples, nbytes = _tally(_loader(dataset, spec), len)
+    return _throughput(samples, nbytes, time.perf_counter() - began)
+
+
+class _InMemorySamples(IterableDataset[tuple[bytes, dict[str, Any]]]):
+    """No storage at all: each worker yields its share of ready-made samples."""
+
+    def __init__(self, samples: int, sample_bytes: int) -> None:
+        self.samples, self.sample_bytes = samples, sample_bytes
+
+    def __iter__(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        worker_id, workers = _worker()
+        data = random.Random(worker_id).randbytes(self.sample_bytes)
+        view = memoryview(data)
+        for index in range(worker_id, self.samples, workers):
+            # a new object per sample (one copy, as a real reader makes): pickle would send
+            # a repeated object only once per batch
+            yield view.tobytes(), {"key": f"shard#{index:06d}.bin", "size_bytes": len(data)}
+
+
+def dataloader_only(spec: Spec) -> Result:
+    """The DataLoader's own ceiling: samples made in the workers, no S3, same hand-over."""
+    began = time.perf_counter()
+    dataset = _InMemorySamples(int(spec["samples"]), int(spec["sample_bytes"]))
+    samples, nbytes = _tally(_loader(dataset, spec), _sample_size)
     return _throughput(samples, nbytes, time.perf_counter() - began)
 
 
@@ -520,6 +598,7 @@ READERS: dict[str, Callable[[Spec], Result]] = {
     "webdataset": webdataset,
     "raw_shards": raw_shards,
     "sequential_gets": sequential_gets,
+    "dataloader_only": dataloader_only,
     "s3torchconnector": s3torchconnector,
     "memory_ours": memory_ours,
     "memory_webdataset": memory_webdataset,
@@ -533,6 +612,9 @@ READERS: dict[str, Callable[[Spec], Result]] = {
 def main(argv: list[str]) -> int:
     spec: Spec = json.loads(argv[1])
     torch.set_num_threads(1)
+    patches.apply(spec.get("patches", []))
+    if "switch_interval" in spec:  # inherited by forked DataLoader workers
+        sys.setswitchinterval(float(spec["switch_interval"]))
     result = READERS[spec["reader"]](spec)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0

@@ -162,6 +162,12 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
             "archive_keys": shards.archive_keys,
             "members": shards.members,
         },
+        "dataloader_only": {
+            **base,
+            "reader": "dataloader_only",
+            "samples": shards.samples,
+            "sample_bytes": shards.member_bytes,
+        },
     }
     name = "shards_ttfb" if latency else "shards"
     result = alternate(ctx, name, readers, ctx.sizes.rounds)
@@ -172,6 +178,11 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
         )
         ratios[f"{ours}_vs_raw_bytes"] = ratio(
             _metric(result, ours, "mb_per_s"), _metric(result, "raw_get", "mb_per_s")
+        )
+    for reader in ("ours", "webdataset"):
+        ratios[f"{reader}_vs_dataloader_only_samples"] = ratio(
+            _metric(result, reader, "samples_per_s"),
+            _metric(result, "dataloader_only", "samples_per_s"),
         )
     return {
         "params": {
@@ -191,6 +202,8 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
             "handler returning the boto3 StreamingBody; no shuffle, no sha256",
             "raw_get: each worker GETs whole shards and reads them to the end; MB/s counts "
             "archive bytes (tar headers included), the others count member bytes",
+            "dataloader_only: no S3 at all; the workers yield ready-made samples of the same "
+            "size: the DataLoader's own ceiling for handing bytes to the main process",
         ],
     }
 
