@@ -5,7 +5,7 @@ production) and the reader parses any object with ``read(n)`` (an HTTP body in p
 touches the network, and memory stays bounded by the chunk size, never by a member or the shard.
 
 Layout: ``__manifest__.jsonl`` first (one :class:`~s3exchange.types.FileEntry` line per data
-member, in member order, with ``size_bytes`` and ``sha256``), then the members, then the two zero
+member, in member order, with ``size_bytes`` and ``crc32c``), then the members, then the two zero
 blocks that mark the end of a tar. Headers are PAX, mode 0644, mtime 0 and uid/gid 0, so the same
 items always give the same bytes. ``tarfile`` and ``webdataset`` read the result as a plain tar.
 """
@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast
+
+import crc32c
 
 from .errors import ShardReadError, ShardWriteError
 from .keys import virtual_key
@@ -52,7 +54,7 @@ _MAX_INTERNAL_MANIFEST = 256 << 20
 """Cap on the internal manifest member, which is read into memory whole."""
 _COALESCE_BYTES = 64 << 10
 """Writes smaller than this are gathered so the sink sees few, larger writes."""
-_HASH_HEX = re.compile(r"[0-9a-f]{64}")
+_HASH_HEX = {"crc32c": re.compile(r"[0-9a-f]{8}"), "sha256": re.compile(r"[0-9a-f]{64}")}
 _DRIVE = re.compile(r"[A-Za-z]:")
 _OCTAL = re.compile(rb"[0-7]*")
 _REGULAR_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
@@ -65,6 +67,30 @@ _TYPE_NAMES = {
     tarfile.FIFOTYPE: "FIFO",
 }
 _EMPTY_VIEW = memoryview(b"")
+
+
+class _Digest(Protocol):
+    def update(self, data: bytes | memoryview, /) -> object: ...
+
+
+WRITE_CHECKSUM = "crc32c"
+"""What the writer records per member: CRC32C (hardware-accelerated, ~30 GB/s here, 15x sha256),
+enough to catch corruption and truncation; readers also verify ``sha256`` when an archive
+records that instead."""
+CHECKSUM_FIELDS = ("crc32c", "sha256")
+
+
+def new_digest(field: str) -> _Digest:
+    """A running checksum for a manifest field (``crc32c`` or ``sha256``)."""
+    if field == "crc32c":
+        checksum: _Digest = crc32c.CRC32CHash()
+        return checksum
+    return hashlib.sha256()
+
+
+def hexdigest(digest: _Digest) -> str:
+    """The checksum as lowercase hex."""
+    return str(digest.hexdigest())  # type: ignore[attr-defined]
 
 
 class _Writable(Protocol):
@@ -190,7 +216,7 @@ class _Planned:
     item: ShardItem
     entry: FileEntry
     size: int
-    sha256: str | None
+    checksum: str | None
     start: int | None
     """Position a seekable file source is read from (None for other sources)."""
 
@@ -248,13 +274,13 @@ def _read_source(read: Callable[[int], bytes], n: int, archive_key: str, member_
 def _hash_source(
     read: Callable[[int], bytes], chunk_size: int, archive_key: str, member_path: str
 ) -> tuple[int, str]:
-    """Size and sha256 of what ``read`` yields until end of stream, one chunk at a time."""
-    hasher = hashlib.sha256()
+    """Size and checksum of what ``read`` yields until end of stream, one chunk at a time."""
+    hasher = new_digest(WRITE_CHECKSUM)
     size = 0
     while chunk := _read_source(read, chunk_size, archive_key, member_path):
         hasher.update(chunk)
         size += len(chunk)
-    return size, hasher.hexdigest()
+    return size, hexdigest(hasher)
 
 
 def _open_path(source: str | os.PathLike[str], archive_key: str, member_path: str) -> IO[bytes]:
@@ -287,11 +313,13 @@ def _check_item(item: ShardItem, archive_key: str, seen: set[str]) -> None:
 def _measure(
     item: ShardItem, archive_key: str, chunk_size: int
 ) -> tuple[int, str | None, int | None]:
-    """Pre-pass over one source: (size, sha256 or None, start position of a seekable file)."""
+    """Pre-pass over one source: (size, checksum or None, start position of a seekable file)."""
     source, path = item["source"], item["member_path"]
     if isinstance(source, bytes | bytearray | memoryview):
         view = memoryview(source).cast("B")
-        return view.nbytes, hashlib.sha256(view).hexdigest(), None
+        hasher = new_digest(WRITE_CHECKSUM)
+        hasher.update(view)
+        return view.nbytes, hexdigest(hasher), None
     if isinstance(source, str | os.PathLike):
         with _open_path(source, archive_key, path) as handle:
             size, digest = _hash_source(handle.read, chunk_size, archive_key, path)
@@ -325,7 +353,7 @@ def _plan(item: ShardItem, archive_key: str, chunk_size: int) -> _Planned:
         entry["meta"] = dict(item["meta"])
     entry["size_bytes"] = size
     if digest is not None:
-        entry["sha256"] = digest
+        entry[WRITE_CHECKSUM] = digest  # type: ignore[literal-required]
     return _Planned(item, entry, size, digest, start)
 
 
@@ -368,7 +396,7 @@ def _exact_chunks(
     When the pre-pass hashed the source, the data pass hashes it again so a file that changed in
     between is caught here instead of by every reader later.
     """
-    hasher = hashlib.sha256() if plan.sha256 is not None else None
+    hasher = new_digest(WRITE_CHECKSUM) if plan.checksum is not None else None
     remaining = plan.size
     while remaining:
         chunk = _read_source(read, min(chunk_size, remaining), archive_key, plan.path)
@@ -385,7 +413,7 @@ def _exact_chunks(
         yield chunk
     if _read_source(read, 1, archive_key, plan.path):
         raise ShardWriteError(archive_key, f"source has more than {plan.size} bytes", plan.path)
-    if hasher is not None and hasher.hexdigest() != plan.sha256:
+    if hasher is not None and hexdigest(hasher) != plan.checksum:
         raise ShardWriteError(archive_key, "source changed after it was hashed", plan.path)
 
 
@@ -429,9 +457,9 @@ def write_shard(
     """Stream a shard of ``items`` to ``out`` (which need not be seekable).
 
     Every source is measured and hashed first, because the internal manifest that leads the
-    archive records sizes and sha256. Bytes are hashed in place; a path is read twice; a
+    archive records sizes and CRC32C checksums. Bytes are hashed in place; a path is read twice; a
     seekable file is hashed from its current position and rewound. A non-seekable stream must
-    carry ``size_bytes`` and is recorded without sha256. Path problems, size disagreements and
+    carry ``size_bytes`` and is recorded without a checksum. Path problems, size disagreements and
     unreadable sources raise :class:`ShardWriteError` before anything is written; a source that
     changes during the data pass raises mid-stream, leaving ``out`` without the end-of-archive
     marker (and, for gzip, without a trailer), so no reader accepts it.
@@ -753,9 +781,10 @@ def _manifest_entry(obj: Any, archive_key: str, line: int) -> FileEntry:
     size = obj.get("size_bytes")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise bad(f"invalid size_bytes {size!r}")
-    digest = obj.get("sha256")
-    if digest is not None and not (isinstance(digest, str) and _HASH_HEX.fullmatch(digest)):
-        raise bad(f"invalid sha256 {digest!r}")
+    for field, pattern in _HASH_HEX.items():
+        digest = obj.get(field)
+        if digest is not None and not (isinstance(digest, str) and pattern.fullmatch(digest)):
+            raise bad(f"invalid {field} {digest!r}")
     obj["member_path"] = path
     obj.setdefault("key", path)
     return cast(FileEntry, obj)
@@ -804,23 +833,39 @@ def read_internal_manifest(
     return _read_manifest_member(reader, header)
 
 
+def _checksum_of(entry: FileEntry) -> tuple[str, str] | None:
+    """The (field, hex) to verify a member against: crc32c if recorded, else sha256."""
+    for field in CHECKSUM_FIELDS:
+        value = entry.get(field)
+        if isinstance(value, str):
+            return field, value
+    return None
+
+
 class ShardMemberStream(io.RawIOBase):
     """The data of one shard member, read straight from the archive stream.
 
-    When verification is on, sha256 is checked as the last byte is read, so a corrupt member
-    raises before its final chunk is returned. Closed once the iterator moves on.
+    When verification is on, the checksum (``field``: crc32c or sha256) is checked as the last
+    byte is read, so a corrupt member raises before its final chunk is returned. Closed once the
+    iterator moves on.
     """
 
     def __init__(
-        self, reader: _TarReader, member_path: str, size: int, sha256: str | None, chunk: int
+        self,
+        reader: _TarReader,
+        member_path: str,
+        size: int,
+        checksum: tuple[str, str] | None,
+        chunk: int,
     ) -> None:
         super().__init__()
         self._reader = reader
         self.member_path = member_path
         self.size = size
         self._remaining = size
-        self._expected = sha256
-        self._hasher = hashlib.sha256() if sha256 is not None else None
+        self._field: str = checksum[0] if checksum is not None else ""
+        self._expected: str | None = checksum[1] if checksum is not None else None
+        self._hasher = new_digest(self._field) if checksum is not None else None
         self._chunk = chunk
         self._failure: ShardReadError | None = None
 
@@ -870,13 +915,13 @@ class ShardMemberStream(io.RawIOBase):
         if self._hasher is not None:
             self._hasher.update(view)
             if self._remaining == 0:
-                self._verify(self._hasher.hexdigest())
+                self._verify(hexdigest(self._hasher))
         return view
 
     def _verify(self, digest: str) -> None:
         if digest != self._expected:
             self._failure = self._reader.error(
-                f"sha256 mismatch: archive has {digest}, manifest says {self._expected}",
+                f"{self._field} mismatch: archive has {digest}, manifest says {self._expected}",
                 self.member_path,
             )
             raise self._failure
@@ -963,10 +1008,11 @@ def iter_shard(
     Structure is always checked: header checksums, safe paths, regular files only, capped
     extended headers, the end-of-archive marker (a stream that ends anywhere else raises), and
     the agreement of member names, sizes and count with the internal manifest and
-    ``expected_count``. ``verify`` adds sha256 checking. A tar without the internal manifest
-    first is read webdataset-style with entries built from its headers. Members for which
-    ``select(index, entry)`` is false are skipped unhashed. A member the caller did not finish
-    is consumed (and verified) before the next is yielded; its stream is then closed.
+    ``expected_count``. ``verify`` adds checksum (crc32c or sha256) checking. A tar without
+    the internal manifest first is read webdataset-style with entries built from its headers.
+    Members for which ``select(index, entry)`` is false are skipped unhashed. A member the
+    caller did not finish is consumed (and verified) before the next is yielded; its stream is
+    then closed.
     """
     reader = _open_tar(fileobj, archive_key, compression, read_size)
     header = reader.next_member()
@@ -984,8 +1030,8 @@ def iter_shard(
         else:
             entry = _header_entry(header, archive_key)
         if select is None or select(index, entry):
-            digest = entry.get("sha256") if verify else None
-            stream = ShardMemberStream(reader, header.name, header.size, digest, read_size)
+            checksum = _checksum_of(entry) if verify else None
+            stream = ShardMemberStream(reader, header.name, header.size, checksum, read_size)
             try:
                 yield ShardMember(index, entry, stream)
                 stream._finish()

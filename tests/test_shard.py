@@ -14,6 +14,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import IO, Any, cast
 
+import crc32c
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -233,9 +234,9 @@ def test_round_trip_every_source_kind(tmp_path: pathlib.Path, compression: Compr
         assert entry["member_path"] == path_in_shard
         assert entry["size_bytes"] == len(data)
         if path_in_shard == "6.stream":
-            assert "sha256" not in written  # non-seekable: no pre-pass, so no checksum
+            assert "crc32c" not in written  # non-seekable: no pre-pass, so no checksum
         else:
-            assert written["sha256"] == hashlib.sha256(data).hexdigest()
+            assert written["crc32c"] == f"{crc32c.crc32c(data):08x}"
     assert result.members[3] == {
         "kind": "file",
         "key": "3.str",
@@ -243,7 +244,7 @@ def test_round_trip_every_source_kind(tmp_path: pathlib.Path, compression: Compr
         "id": "s",
         "meta": {"x": [1, 2]},
         "size_bytes": 3000,
-        "sha256": hashlib.sha256(b"p" * 3000).hexdigest(),
+        "crc32c": f"{crc32c.crc32c(b'p' * 3000):08x}",
     }
 
 
@@ -429,9 +430,19 @@ def test_flipped_byte_in_member_data_names_the_member() -> None:
         for position in (offset, offset + size // 2, offset + size - 1):
             corrupt = bytearray(data)
             corrupt[position] ^= 0x01
-            with pytest.raises(ShardReadError, match="sha256") as info:
+            with pytest.raises(ShardReadError, match="crc32c") as info:
                 read_all(bytes(corrupt))  # member.read() raises before returning the data
             assert info.value.member_path == name
+
+
+def test_sha256_recorded_by_another_writer_is_still_verified() -> None:
+    def build(tar: tarfile.TarFile) -> None:
+        add_bytes(tar, INTERNAL_MANIFEST_PATH, manifest_line("m.bin", b"x" * 1000))
+        add_bytes(tar, "m.bin", b"y" * 1000)
+
+    with pytest.raises(ShardReadError, match="sha256") as info:
+        read_all(raw_tar(build))
+    assert info.value.member_path == "m.bin"
 
 
 def test_flipped_byte_in_a_header_raises() -> None:
@@ -639,7 +650,7 @@ def test_partly_read_member_is_drained_and_verified_before_the_next() -> None:
     members = iter_shard(io.BytesIO(bytes(corrupt)), archive_key=ARCHIVE, read_size=1000)
     next(members).stream.read(10)
     next(members).stream.read(10)  # the corrupt byte lies in the unread rest
-    with pytest.raises(ShardReadError, match="sha256") as info:
+    with pytest.raises(ShardReadError, match="crc32c") as info:
         next(members)
     assert info.value.member_path == "1.bin"
 

@@ -2,7 +2,7 @@
 
 With data (the default) loose files are streamed through :meth:`S3ExchangeStore.open_file_entry`
 (size, ETag, sha256) and shards through :meth:`S3ExchangeStore.iter_shard_members` (structure,
-internal manifest against the entry's count, per-member sha256), and the members' byte total is
+internal manifest against the entry's count, per-member checksums), and the members' byte total is
 compared with ``members_size_bytes``. ``--no-data`` checks existence, size and ETag with HEAD
 requests only. Every problem is recorded and the walk goes on.
 """
@@ -213,7 +213,7 @@ class Verifier:
                 manifest, listed = members[path]
                 while chunk := member.stream.read(CHUNK):
                     self._read(len(chunk))
-                for field in ("size_bytes", "sha256"):
+                for field in ("size_bytes", "crc32c", "sha256"):
                     want, got = listed.get(field), member.entry.get(field)
                     if want is not None and want != got:
                         self.problem(

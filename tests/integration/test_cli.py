@@ -292,7 +292,7 @@ def test_verify_reports_every_missing_or_corrupt_object(
     assert problems["shards/0.tar"] == "missing"
     assert "ETag" in problems["loose/b.bin"]
     assert "ETag" in problems["shards/1.tar"]
-    assert "sha256 mismatch" in problems["shards/3.tar"]
+    assert "crc32c mismatch" in problems["shards/3.tar"]
     assert {p["manifest"] for p in report["problems"]} == {"m.jsonl"}
     assert (report["files"], report["shards"]) == (4, 4)
 
