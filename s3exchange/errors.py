@@ -12,6 +12,17 @@ class S3ExchangeError(Exception):
     """
 
 
+class _KeyedError(S3ExchangeError):
+    """An error about one key, with a reason; ``template`` words the message."""
+
+    template = "{key!r}: {reason}"
+
+    def __init__(self, key: str, reason: str | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(key if reason is None else self.template.format(key=key, reason=reason))
+
+
 class MissingPlaceholderError(S3ExchangeError, KeyError):
     """A key template names a ``{placeholder}`` that no variable fills."""
 
@@ -27,13 +38,10 @@ class MissingPlaceholderError(S3ExchangeError, KeyError):
         return str(self.args[0])
 
 
-class InvalidKeyError(S3ExchangeError, ValueError):
+class InvalidKeyError(_KeyedError, ValueError):
     """A key or key template cannot name an S3 object."""
 
-    def __init__(self, key: str, reason: str | None = None) -> None:
-        self.key = key
-        self.reason = reason
-        super().__init__(key if reason is None else f"invalid key {key!r}: {reason}")
+    template = "invalid key {key!r}: {reason}"
 
 
 class ObjectNotFoundError(S3ExchangeError, KeyError):
@@ -74,41 +82,38 @@ class InvalidManifestError(S3ExchangeError, ValueError):
         super().__init__(f"invalid manifest {where!r}{at}: {reason}" if reason else key)
 
 
-class ShardWriteError(S3ExchangeError):
+class _ShardError(S3ExchangeError):
+    """An error about one archive and, where known, one of its members."""
+
+    verb = "use"
+
+    def __init__(
+        self, archive_key: str, reason: str | None = None, member_path: str | None = None
+    ) -> None:
+        self.archive_key = archive_key
+        self.member_path = member_path
+        self.reason = reason
+        member = f" member {member_path!r}" if member_path is not None else ""
+        text = f"cannot {self.verb} shard {archive_key!r}{member}: {reason}"
+        super().__init__(archive_key if reason is None else text)
+
+
+class ShardWriteError(_ShardError):
     """A shard archive could not be built from its items; nothing was uploaded."""
 
-    def __init__(
-        self, archive_key: str, reason: str | None = None, member_path: str | None = None
-    ) -> None:
-        self.archive_key = archive_key
-        self.member_path = member_path
-        self.reason = reason
-        member = f" member {member_path!r}" if member_path is not None else ""
-        text = f"cannot write shard {archive_key!r}{member}: {reason}"
-        super().__init__(archive_key if reason is None else text)
+    verb = "write"
 
 
-class ShardReadError(S3ExchangeError):
+class ShardReadError(_ShardError):
     """A shard archive is corrupt, truncated or disagrees with its manifest."""
 
-    def __init__(
-        self, archive_key: str, reason: str | None = None, member_path: str | None = None
-    ) -> None:
-        self.archive_key = archive_key
-        self.member_path = member_path
-        self.reason = reason
-        member = f" member {member_path!r}" if member_path is not None else ""
-        text = f"cannot read shard {archive_key!r}{member}: {reason}"
-        super().__init__(archive_key if reason is None else text)
+    verb = "read"
 
 
-class IntegrityError(S3ExchangeError):
+class IntegrityError(_KeyedError):
     """An object's bytes disagree with the size or checksum its manifest entry records."""
 
-    def __init__(self, key: str, reason: str | None = None) -> None:
-        self.key = key
-        self.reason = reason
-        super().__init__(key if reason is None else f"integrity check failed for {key!r}: {reason}")
+    template = "integrity check failed for {key!r}: {reason}"
 
 
 class ObjectChangedError(S3ExchangeError):
@@ -137,25 +142,16 @@ class ReadInterruptedError(S3ExchangeError):
         super().__init__(key if offset is None else text)
 
 
-class UploadError(S3ExchangeError):
+class UploadError(_KeyedError):
     """An upload failed; the partial upload was aborted and nothing was written."""
 
-    def __init__(self, key: str, reason: str | None = None) -> None:
-        self.key = key
-        self.reason = reason
-        text = f"upload of {key!r} failed and was aborted: {reason}"
-        super().__init__(key if reason is None else text)
+    template = "upload of {key!r} failed and was aborted: {reason}"
 
 
-class ConcurrentModificationError(S3ExchangeError):
+class ConcurrentModificationError(_KeyedError):
     """A conditional write lost its race too many times, or the server ignores conditions."""
 
-    def __init__(self, key: str, reason: str | None = None) -> None:
-        self.key = key
-        self.reason = reason
-        super().__init__(
-            key if reason is None else f"concurrent update of {key!r} failed: {reason}"
-        )
+    template = "concurrent update of {key!r} failed: {reason}"
 
 
 class DeleteError(S3ExchangeError):
