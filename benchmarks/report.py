@@ -194,7 +194,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
                 va="center",
                 fontsize=8,
             )
-        right = max(max(margins) * 8, 2.0)
+        right = max(max(margins) * 3, 2.0)
         ax.set_xlim(min(min(margins) / 1.5, 0.5), right)
     ax.set_xlabel("measured / target (log scale; > 1 passes)")
     kind = "quick" if results.get("quick") else "full"
