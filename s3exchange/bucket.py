@@ -105,19 +105,43 @@ class ClientFactory:
 
 
 _SESSIONS: dict[int, Any] = {}
+_LOADERS: list[Any] = []
 
 
 def _session() -> Any:
     """One boto3 session per process: building one re-parses botocore's models (~100 ms of CPU
-    per DataLoader worker); clients made from it are independent and thread-safe."""
+    per DataLoader worker); clients made from it are independent and thread-safe.
+
+    A forked child gets a session of its own but shares its parent's botocore data loader,
+    which holds nothing but the JSON models it has already parsed: a forked DataLoader worker
+    then builds its client in ~10 ms instead of ~145 ms, every epoch.
+    """
     import boto3
+    import botocore.session
 
     pid = os.getpid()
     session = _SESSIONS.get(pid)
     if session is None:
         _SESSIONS.clear()  # a forked child must not reuse its parent's session
-        session = _SESSIONS[pid] = boto3.session.Session()
+        core = botocore.session.get_session()
+        loader = _warm_loader()
+        if loader is not None:
+            core.register_component("data_loader", loader)
+        else:
+            _LOADERS.append(core.get_component("data_loader"))
+        session = _SESSIONS[pid] = boto3.session.Session(botocore_session=core)
     return session
+
+
+def _warm_loader() -> Any:
+    """A data loader that has parsed S3's models already: ours, or boto3's default session's
+    (the one a ``boto3.client(...)`` the caller handed us came from); None if neither exists."""
+    if _LOADERS:
+        return _LOADERS[0]
+    import boto3
+
+    default = getattr(boto3.DEFAULT_SESSION, "_session", None)
+    return None if default is None else default.get_component("data_loader")
 
 
 class Bucket:
