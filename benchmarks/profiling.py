@@ -50,7 +50,7 @@ PRIORITY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("startup: DataLoader worker fork", ("Popen._launch",)),
     ("IPC send: pickle + pipe write (worker feeder thread)", ("Queue._feed",)),
     ("IPC receive: pipe read + unpickle (main)", ("_try_get_data",)),
-    ("sha256 verification", ("#sha256",)),
+    ("checksum verification (crc32c or sha256)", ("#checksum",)),
 )
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Otherwise the innermost frame that matches decides, in this order.
@@ -75,13 +75,13 @@ def _parse_stack(line: str) -> tuple[list[str], int] | None:
 
 
 def _marks(frame: str) -> str:
-    """The frame, plus ``#sha256`` when its source line feeds a hash."""
+    """The frame, plus ``#checksum`` when its source line feeds a checksum."""
     match = _FRAME.match(frame)
     if match is None:
         return frame
     text = _source_line(match["file"], int(match["line"]))
-    if re.search(r"(hasher|digest|sha256)\w*\.update\(|hashlib\.sha256\(\w", text):
-        return frame + " #sha256"
+    if re.search(r"(hasher|digest|sha256|crc32c?)\w*\.update\(|hashlib\.sha256\(\w", text):
+        return frame + " #checksum"
     return frame
 
 
@@ -100,7 +100,7 @@ def _role(thread: str, frames: list[str], main_tid: str) -> str:
     if any("_worker_loop" in frame for frame in frames):
         return "worker main thread"
     if any("s3exchange_torch/prefetch.py" in frame for frame in frames):
-        return "prefetch threads (GET, tar, sha256)"
+        return "prefetch threads (GET, tar, checksum)"
     if thread.startswith(f"thread ({main_tid})"):
         return "main process (receives batches)"
     return "other threads"

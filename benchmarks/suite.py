@@ -197,9 +197,9 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
         "baseline": "webdataset",
         "notes": [
             "ours: S3ExchangeIterableDataset defaults (shuffle=True, shuffle_buffer=1000, "
-            "verify sha256); ours_no_shuffle: shuffle=False",
+            "members verified against their crc32c); ours_no_shuffle: shuffle=False",
             "webdataset 1.0.2: WebDataset(s3:// URLs, shardshuffle=False) with a gopen_schemes "
-            "handler returning the boto3 StreamingBody; no shuffle, no sha256",
+            "handler returning the boto3 StreamingBody; no shuffle, no checksum",
             "raw_get: each worker GETs whole shards and reads them to the end; MB/s counts "
             "archive bytes (tar headers included), the others count member bytes",
             "dataloader_only: no S3 at all; the workers yield ready-made samples of the same "
@@ -300,7 +300,7 @@ def scenario_write(ctx: Context) -> dict[str, Any]:
         },
         "baseline": "raw_multipart",
         "notes": [
-            "ours: store.put_shard_archive of in-memory members (sha256 pre-pass, tar, "
+            "ours: store.put_shard_archive of in-memory members (checksum pre-pass, tar, "
             "multipart with the store's part size and 2 parts in flight)",
             "raw_multipart: the same archive bytes, built before timing, uploaded with "
             "create/upload_part x N (2 threads)/complete",
