@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,8 @@ MAX_PARTS = 10_000
 class MultipartWriter(io.RawIOBase):
     """Write bytes to ``bucket/key``; the object appears only when :meth:`close` succeeds.
 
-    Memory is bounded by ``part_size * (concurrency + 1)``.
+    Up to ``2 * concurrency`` full parts wait for the pool, so its threads never idle while the
+    next part is built; memory is bounded by ``part_size * (2 * concurrency + 1)``.
     """
 
     def __init__(
@@ -62,7 +62,7 @@ class MultipartWriter(io.RawIOBase):
         self._part = bytearray(part_size)
         self._fill = 0
         self._upload_id: str | None = None
-        self._pending: deque[Future[dict[str, Any]]] = deque()
+        self._pending: set[Future[dict[str, Any]]] = set()
         self._parts: list[dict[str, Any]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._bytes_written = 0
@@ -106,10 +106,10 @@ class MultipartWriter(io.RawIOBase):
         number = len(self._parts) + len(self._pending) + 1
         if number > MAX_PARTS:
             raise UploadError(self._display_key, f"more than {MAX_PARTS} parts; raise part_size")
-        while len(self._pending) >= self._concurrency:
-            self._collect_one()
+        while len(self._pending) >= 2 * self._concurrency:
+            self._collect(FIRST_COMPLETED)
         assert self._pool is not None
-        self._pending.append(self._pool.submit(self._upload_part, number, body))
+        self._pending.add(self._pool.submit(self._upload_part, number, body))
 
     def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
         assert self._upload_id is not None
@@ -126,8 +126,10 @@ class MultipartWriter(io.RawIOBase):
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
 
-    def _collect_one(self) -> None:
-        self._parts.append(self._pending.popleft().result())
+    def _collect(self, until: str) -> None:
+        """Wait for uploads (the first to finish, or all) and record their parts."""
+        done, self._pending = wait(self._pending, return_when=until)
+        self._parts.extend(future.result() for future in done)
 
     def _call(self, what: str, request: Any) -> Any:
         try:
@@ -163,8 +165,8 @@ class MultipartWriter(io.RawIOBase):
             return
         if tail:
             self._submit(tail)
-        while self._pending:
-            self._collect_one()
+        self._collect("ALL_COMPLETED")
+        self._parts.sort(key=lambda part: int(part["PartNumber"]))
         self._shutdown_pool()
         upload_id = self._upload_id
         response = self._call(
