@@ -5,8 +5,18 @@ across data-parallel ranks and DataLoader workers, shuffled reproducibly, and re
 mid-epoch with ``torchdata``'s ``StatefulDataLoader``. See :mod:`s3exchange_torch.dataset`.
 """
 
+from .collate import PackedBatch, pack_bytes
 from .dataset import S3ExchangeIterableDataset
 from .plan import Balance, EpochPlan, Segment
 from .units import GroupBy, sample_key
 
-__all__ = ["Balance", "EpochPlan", "GroupBy", "S3ExchangeIterableDataset", "Segment", "sample_key"]
+__all__ = [
+    "Balance",
+    "EpochPlan",
+    "GroupBy",
+    "PackedBatch",
+    "S3ExchangeIterableDataset",
+    "Segment",
+    "pack_bytes",
+    "sample_key",
+]

@@ -167,7 +167,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             client's connection pool (``max_pool_connections`` minus the shard streams, at
             most 32), so raise the pool for more concurrency on high-latency stores.
         prefetch_shards: shards streamed ahead of the one being consumed, per worker.
-        verify: check sizes and checksums (crc32c / sha256) against the manifest (``None``: the store's default).
+        verify: check sizes and checksums (crc32c / sha256) against the manifest
+            (``None``: the store's default).
     """
 
     def __init__(

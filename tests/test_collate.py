@@ -1,0 +1,44 @@
+"""pack_bytes: a batch of byte samples crosses from DataLoader workers as one shared tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from s3exchange_torch import PackedBatch, pack_bytes
+
+
+class Samples(IterableDataset[tuple[bytes, dict[str, int]]]):
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __iter__(self) -> Iterator[tuple[bytes, dict[str, int]]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(worker, self.count, workers):
+            yield bytes([i % 251]) * (1000 + i), {"i": i}
+
+
+def _unpack(batches: list[PackedBatch]) -> dict[int, bytes]:
+    got: dict[int, bytes] = {}
+    for batch in batches:
+        assert isinstance(batch, PackedBatch)
+        assert batch.data.dtype == torch.uint8
+        for index, (view, extra) in enumerate(batch):
+            assert bytes(view.tolist()) == batch.tobytes(index)
+            got[extra["i"]] = batch.tobytes(index)
+    return got
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_arrive_intact_in_one_tensor(workers: int) -> None:
+    loader = DataLoader(Samples(50), batch_size=8, num_workers=workers, collate_fn=pack_bytes)
+    batches = list(loader)
+    got = _unpack(batches)
+    assert got == {i: bytes([i % 251]) * (1000 + i) for i in range(50)}
+    assert len(batches[0]) == 8
+    if workers:
+        assert batches[0].data.is_shared()
