@@ -37,7 +37,7 @@ from s3exchange import S3ExchangeStore
 from s3exchange.shard import write_shard
 from s3exchange.testing.servers import LocalS3
 from s3exchange.types import ShardItem
-from s3exchange_torch import EpochPlan, S3ExchangeIterableDataset
+from s3exchange_torch import EpochPlan, S3ExchangeIterableDataset, pack_bytes
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -74,40 +74,6 @@ def _as_list(batch: list[Any]) -> list[Any]:
     return batch
 
 
-class PackedBatch:
-    """A batch whose sample bytes sit in one uint8 tensor (``offsets`` delimit samples).
-
-    Made in a worker, the tensor is allocated in shared memory, so the batch crosses to the
-    main process as one file descriptor instead of pickled bytes.
-    """
-
-    def __init__(self, data: torch.Tensor, offsets: list[int], rest: list[Any]) -> None:
-        self.data, self.offsets, self.rest = data, offsets, rest
-
-    def __iter__(self) -> Iterator[Any]:
-        for index, extra in enumerate(self.rest):
-            yield self.data[self.offsets[index] : self.offsets[index + 1]], extra
-
-    def __len__(self) -> int:
-        return len(self.rest)
-
-
-def _pack_bytes(batch: list[Any]) -> PackedBatch:
-    """Collate ``(bytes, entry)`` samples into a :class:`PackedBatch` with one copy."""
-    offsets = [0]
-    for data, _ in batch:
-        offsets.append(offsets[-1] + len(data))
-    if get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(offsets[-1])
-        packed = torch.empty(0, dtype=torch.uint8).set_(storage)
-    else:
-        packed = torch.empty(offsets[-1], dtype=torch.uint8)
-    target = memoryview(packed.numpy())
-    for index, (data, _) in enumerate(batch):
-        target[offsets[index] : offsets[index + 1]] = data
-    return PackedBatch(packed, offsets, [entry for _, entry in batch])
-
-
 def _as_one_list(sample: Any) -> list[Any]:
     """Collate without batching: a list of one sample, so that tallying stays the same."""
     return [sample]
@@ -124,7 +90,7 @@ def _loader(dataset: Any, spec: Spec, batched: bool = True) -> Iterable[Any]:
     batch_size = spec.get("batch_size", 32) if batched else None
     collate: Callable[[Any], Any] = _as_list if batch_size is not None else _as_one_list
     if spec.get("pack"):
-        collate = _pack_bytes
+        collate = pack_bytes
     loader: Iterable[Any] = DataLoader(
         dataset, num_workers=workers, batch_size=batch_size, collate_fn=collate
     )

@@ -13,6 +13,8 @@ _RATIO_LABELS = {
     "ours_no_shuffle_vs_webdataset_samples": "ours_no_shuffle / webdataset (samples/s)",
     "ours_vs_raw_bytes": "ours / raw (MB/s)",
     "ours_no_shuffle_vs_raw_bytes": "ours_no_shuffle / raw (MB/s)",
+    "ours_packed_vs_webdataset_samples": "ours_packed / webdataset (samples/s)",
+    "ours_packed_vs_raw_bytes": "ours_packed / raw (MB/s)",
     "ours_vs_dataloader_only_samples": "ours / DataLoader-only ceiling (samples/s)",
     "webdataset_vs_dataloader_only_samples": "webdataset / DataLoader-only ceiling (samples/s)",
     "ours_vs_sequential_samples": "ours / sequential (samples/s)",

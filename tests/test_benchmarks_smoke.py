@@ -20,8 +20,22 @@ from s3exchange.testing import weed_binary
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("shards", "shards_ttfb", "loose", "loose_ttfb", "memory", "write", "manifest", "plan")
 THROUGHPUT = {
-    "shards": ("ours", "ours_no_shuffle", "webdataset", "raw_get", "dataloader_only"),
-    "shards_ttfb": ("ours", "ours_no_shuffle", "webdataset", "raw_get", "dataloader_only"),
+    "shards": (
+        "ours",
+        "ours_no_shuffle",
+        "ours_packed",
+        "webdataset",
+        "raw_get",
+        "dataloader_only",
+    ),
+    "shards_ttfb": (
+        "ours",
+        "ours_no_shuffle",
+        "ours_packed",
+        "webdataset",
+        "raw_get",
+        "dataloader_only",
+    ),
     "loose": ("ours", "sequential", "s3torchconnector"),
     "loose_ttfb": ("ours", "sequential", "s3torchconnector"),
     "write": ("ours", "raw_multipart"),
