@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"root manifest: {dict(kinds)}; {files} files once parts and shards are expanded")
 
         read = sum(len(stream.read()) for stream, _ in store.iter_objects(MANIFEST))
-        print(f"read back {read / 1e6:.1f} MB through iter_objects (sizes and sha256 verified)")
+        print(f"read back {read / 1e6:.1f} MB through iter_objects (sizes and checksums verified)")
 
         result = train.train(store, MANIFEST, epochs=args.epochs, num_workers=args.workers)
         print(
