@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from .bucket import Bucket
 from .errors import DeleteError, InvalidManifestError
@@ -88,7 +88,7 @@ def delete_manifest(
     failures: list[DeleteFailure] = object_failures + archive_failures
     manifests = 0
     if delete_manifests and not failures:
-        manifests, manifest_failures = bucket.delete_many(_reversed(targets.manifests))
+        manifests, manifest_failures = bucket.delete_many(reversed(targets.manifests))
         failures += manifest_failures
     elif failures:
         log.warning("kept the manifests of %r: %d keys could not be deleted", root, len(failures))
@@ -99,6 +99,3 @@ def delete_manifest(
         "errors": failures,
     }
 
-
-def _reversed(keys: list[str]) -> Iterator[str]:
-    return reversed(keys)
