@@ -98,4 +98,3 @@ def delete_manifest(
         "deleted_manifest_count": manifests,
         "errors": failures,
     }
-
