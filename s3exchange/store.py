@@ -293,9 +293,16 @@ class S3ExchangeStore:
         with self._stream(key, opened) as stream:
             yield from manifest.iter_entries_from_stream(stream, key=key)
 
-    def _entries(
-        self, source: ManifestSource, resolve_refs: bool, vars: Mapping[str, Any] | None
+    def iter_entries(
+        self,
+        source: ManifestSource,
+        resolve_refs: bool = True,
+        vars: Mapping[str, Any] | None = None,
     ) -> Iterator[ManifestEntry]:
+        """Entries of a manifest key (a template) or of entries in hand, refs followed.
+
+        Entries in hand are validated first; the keys their refs name are taken literally.
+        """
         if isinstance(source, str):
             return self.iter_manifest_entries(source, resolve_refs, vars)
         return self._flatten(source, resolve_refs)
@@ -356,7 +363,7 @@ class S3ExchangeStore:
         """
         check = self.verify if verify is None else verify
         run: list[FileEntry] = []
-        for entry in self._entries(manifest, True, vars):
+        for entry in self.iter_entries(manifest, True, vars):
             if run and (
                 entry["kind"] != "file" or entry.get("archive_key") != run[0]["archive_key"]
             ):
@@ -516,7 +523,7 @@ class S3ExchangeStore:
     ) -> Iterator[FileEntry]:
         """File entries of a manifest; with ``include_shards`` also every shard member (from
         the internal manifests, which are read without downloading the archives' data)."""
-        for entry in self._entries(manifest, True, vars):
+        for entry in self.iter_entries(manifest, True, vars):
             if entry["kind"] == "file":
                 yield entry
             elif entry["kind"] == "shard" and include_shards:
@@ -543,7 +550,7 @@ class S3ExchangeStore:
         A shard's internal manifest is read only when its virtual keys could match.
         """
         prefix = self.resolve(prefix_filter, vars)
-        for entry in self._entries(manifest, True, vars):
+        for entry in self.iter_entries(manifest, True, vars):
             if entry["kind"] == "file":
                 if entry["key"].startswith(prefix):
                     yield entry

@@ -17,8 +17,8 @@ from typing import Any, Literal, TypeAlias
 
 from s3exchange import InvalidManifestError, S3ExchangeStore, ShardReadError
 from s3exchange.keys import split_virtual_key
-from s3exchange.manifest import validate_entry
-from s3exchange.types import FileEntry, ManifestEntry, ShardEntry
+from s3exchange.store import ManifestSource
+from s3exchange.types import FileEntry, ShardEntry
 
 __all__ = [
     "GroupBy",
@@ -34,8 +34,6 @@ GroupBy: TypeAlias = Literal["key"] | None
 
 Unit: TypeAlias = FileEntry | ShardEntry | tuple[FileEntry, ...]
 """A loose file, a shard, or (grouping by key) consecutive loose files of one sample."""
-
-ManifestSource: TypeAlias = str | Iterable[ManifestEntry]
 
 _KEY_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 """webdataset's ``base_plus_ext``: key up to the first dot of the basename, then the field."""
@@ -88,24 +86,6 @@ def count_groups(paths: Iterable[str], archive_key: str) -> int:
     return count
 
 
-def _literal(key: str) -> str:
-    """A key read from a manifest, escaped so the store does not treat it as a template."""
-    return key.replace("{", "{{").replace("}", "}}")
-
-
-def _entries(store: S3ExchangeStore, source: ManifestSource) -> Iterator[ManifestEntry]:
-    """Manifest entries with references followed; entries in hand are validated first."""
-    if isinstance(source, str):
-        yield from store.iter_manifest_entries(source, resolve_refs=True)
-        return
-    for index, raw in enumerate(source):
-        entry = validate_entry(raw, index=index)
-        if entry["kind"] == "manifest_ref":
-            yield from store.iter_manifest_entries(_literal(entry["key"]), resolve_refs=True)
-        else:
-            yield entry
-
-
 def _group_loose(units: list[Unit], entry: FileEntry, key: str, field: str) -> bool:
     """Append ``entry`` to the previous loose group when it shares its key; True if it did."""
     previous = units[-1] if units else None
@@ -138,7 +118,7 @@ def resolve_units(
     units: list[Unit] = []
     counts: list[int] = []
     to_read: list[int] = []  # indices of shards whose internal manifest is needed
-    for entry in _entries(store, source):
+    for entry in store.iter_entries(source):
         if entry["kind"] == "file":
             if group_by is None:
                 units.append(entry)
