@@ -304,7 +304,11 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         """This worker's samples of the current epoch (or of the loaded state's epoch)."""
-        worker_id, num_workers = _worker()
+        return self._iter_worker(*_worker())
+
+    def _iter_worker(self, worker_id: int, num_workers: int) -> Iterator[Any]:
+        """Worker ``worker_id`` of ``num_workers``'s samples; the loader's worker processes
+        call this directly instead of going through ``get_worker_info``."""
         units, counts = self._resolved()
         resume, self._resume = self._resume, None
         epoch = self.epoch if resume is None else int(resume["epoch"])
