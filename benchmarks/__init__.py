@@ -1,4 +1,5 @@
 """Benchmarks: s3exchange against webdataset, raw boto3 and s3torchconnector on one machine.
 
-``python benchmarks/run.py [--quick]`` runs the suite; see :mod:`benchmarks.run`.
+A package, run from the repository root: ``python -m benchmarks.run [--quick]`` (the suite, see
+:mod:`benchmarks.suite`) and ``python -m benchmarks.profiling`` (py-spy profiles of our reader).
 """

@@ -101,7 +101,7 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in (
         "s3exchange",
         "torch",
@@ -142,10 +142,9 @@ def run_reader(spec: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
     """Run ``benchmarks.readers`` with ``spec`` in a fresh interpreter; its result or an error.
 
     A fresh process per measurement keeps one reader's threads, connections and heap from
-    influencing the next.
+    influencing the next. It runs in the repository root, so ``benchmarks`` imports as a package.
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONHASHSEED", "0")
     args = [sys.executable, "-m", "benchmarks.readers", json.dumps(spec)]
     began = time.monotonic()

@@ -1,6 +1,6 @@
 """Profile our reader with py-spy: where CPU time goes, per thread role and per cost category.
 
-``python benchmarks/profiling.py --scenario shards|loose [--ttfb-ms 0] [--set key=value ...]``
+``python -m benchmarks.profiling --scenario shards|loose [--ttfb-ms 0] [--set key=value ...]``
 
 Starts SeaweedFS, writes the scenario's data (full sizes unless ``--quick``), runs the ``ours``
 reader of :mod:`benchmarks.readers` under ``py-spy record --subprocesses --threads`` (the
@@ -30,14 +30,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+if not __package__:  # run as a file, ``benchmarks`` is not importable: say how to run it
+    sys.exit("run from the repository root as: python -m benchmarks.profiling [options]")
 
-from benchmarks import datagen  # noqa: E402
-from benchmarks.common import BUCKET, FULL, QUICK, RESULT_PREFIX, ROOT  # noqa: E402
-from s3exchange import S3ExchangeStore  # noqa: E402
-from s3exchange.testing import FaultProxy, start_seaweedfs  # noqa: E402
+from benchmarks import datagen
+from benchmarks.common import BUCKET, FULL, QUICK, RESULT_PREFIX, ROOT
+from s3exchange import S3ExchangeStore
+from s3exchange.testing import FaultProxy, start_seaweedfs
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]+):(?P<line>\d+)\)$")
 
@@ -184,7 +183,7 @@ def _value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/profiling.py", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling", description=__doc__)
     parser.add_argument("--scenario", choices=("shards", "loose"), default="shards")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--ttfb-ms", type=float, default=0.0)

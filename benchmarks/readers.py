@@ -26,11 +26,10 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import psutil
+import psutil  # type: ignore[import-untyped,unused-ignore]
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from benchmarks import patches
 from benchmarks.common import MIB, RESULT_PREFIX
 from benchmarks.datagen import loose_keys
 from s3exchange import S3ExchangeStore
@@ -578,7 +577,6 @@ READERS: dict[str, Callable[[Spec], Result]] = {
 def main(argv: list[str]) -> int:
     spec: Spec = json.loads(argv[1])
     torch.set_num_threads(1)
-    patches.apply(spec.get("patches", []))
     if "switch_interval" in spec:  # inherited by forked DataLoader workers
         sys.setswitchinterval(float(spec["switch_interval"]))
     result = READERS[spec["reader"]](spec)

@@ -1,4 +1,4 @@
-"""Run the benchmark suite: ``python benchmarks/run.py [--quick] [--ttfb-ms 30] [--only NAME]``.
+"""Run the benchmark suite: ``python -m benchmarks.run [--quick] [--only NAME] [--workers N]``.
 
 Starts SeaweedFS on 127.0.0.1, writes synthetic data, measures every reader in its own process
 and prints one table of medians, ratios and PASS/FAIL per target. Writes
@@ -8,15 +8,11 @@ and prints one table of medians, ratios and PASS/FAIL per target. Writes
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Run as a script, this directory is sys.path[0]: swap it for the repository root so that the
-# suite's modules import as ``benchmarks.*`` and cannot shadow anything.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+if not __package__:  # run as a file, ``benchmarks`` is not importable: say how to run it
+    sys.exit("run the suite from the repository root as: python -m benchmarks.run [options]")
 
-from benchmarks.suite import main  # noqa: E402
+from benchmarks.suite import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -120,7 +120,7 @@ def alternate(ctx: Context, name: str, readers: dict[str, Spec], rounds: int) ->
 def _brief(result: dict[str, Any]) -> str:
     """One run's headline figure for the progress log."""
     if "error" in result:
-        return "error: " + result["error"].strip().splitlines()[-1]
+        return "error: " + str(result["error"]).strip().splitlines()[-1]
     if "entries_per_s" in result:
         return f"{result['entries_per_s']:,.0f} entries/s"
     if "samples_per_s" not in result:
@@ -368,7 +368,7 @@ RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="benchmarks/run.py",
+        prog="python -m benchmarks.run",
         description="s3exchange vs webdataset, raw boto3 and s3torchconnector on SeaweedFS",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (< 90 s)")
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.close()
     results = {
-        "command": " ".join(["python", "benchmarks/run.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
         "quick": args.quick,
         "ttfb_ms": args.ttfb_ms,
         "started_at": started_at,

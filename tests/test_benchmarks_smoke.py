@@ -1,4 +1,4 @@
-"""``benchmarks/run.py --quick`` runs end to end and records a figure for every scenario.
+"""``python -m benchmarks.run --quick`` runs end to end and records a figure for every scenario.
 
 Speed is not asserted here: the quick sizes are too small to mean anything, and CI machines are
 noisy. The full suite is run by hand (see benchmarks/README.md).
@@ -61,7 +61,7 @@ def _is_number(value: Any) -> bool:
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
