@@ -117,12 +117,15 @@ class IntegrityError(_KeyedError):
 
 
 class ObjectChangedError(S3ExchangeError):
-    """An object was replaced while it was being read; resuming would mix two versions."""
+    """An object was replaced while it was being read (resuming would mix two versions), or
+    since the manifest that lists it was written (its ETag differs from the entry's)."""
 
-    def __init__(self, key: str, etag: str | None = None) -> None:
+    def __init__(self, key: str, etag: str | None = None, *, reason: str | None = None) -> None:
         self.key = key
         self.etag = etag
-        super().__init__(f"object {key!r} changed while it was read (expected ETag {etag})")
+        self.reason = reason
+        why = reason or "changed while it was read"
+        super().__init__(f"object {key!r} {why} (expected ETag {etag})")
 
 
 class ReadInterruptedError(S3ExchangeError):

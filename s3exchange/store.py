@@ -17,6 +17,7 @@ from .errors import (
     IntegrityError,
     InvalidManifestError,
     ManifestNotFoundError,
+    ObjectChangedError,
     ObjectNotFoundError,
     ShardWriteError,
 )
@@ -429,9 +430,12 @@ class S3ExchangeStore:
         select: Callable[[int, FileEntry], bool] | None = None,
         verify: bool | None = None,
     ) -> Generator[ShardMember, None, None]:
-        """Stream a shard's members from its GET body; ``select`` skips members unread."""
+        """Stream a shard's members from its GET body; ``select`` skips members unread.
+
+        An entry's ``etag`` must match the stored archive's (ObjectChangedError otherwise).
+        """
         key = entry["archive_key"]
-        with self._stream(key, self._bucket.open(key)) as stream:
+        with self._open_archive(entry) as stream:
             yield from iter_shard(
                 stream,
                 archive_key=key,
@@ -442,10 +446,26 @@ class S3ExchangeStore:
                 internal_manifest_path=entry.get("internal_manifest_path", INTERNAL_MANIFEST_PATH),
             )
 
+    def _open_archive(self, entry: ShardEntry) -> ObjectStream:
+        """The archive's GET stream, refused when the entry records another ETag: a shard
+        rewritten under the same key (another dataset packed there) must not be read as this
+        one. Checked on every read, whatever ``verify`` says: it costs no request."""
+        key = entry["archive_key"]
+        stream = self._stream(key, self._bucket.open(key))
+        listed = entry.get("etag")
+        if listed and stream.etag and listed.strip('"') != stream.etag.strip('"'):
+            stream.close()
+            raise ObjectChangedError(
+                key,
+                listed,
+                reason=f"was replaced since the manifest listed it (its ETag is {stream.etag})",
+            )
+        return stream
+
     def read_shard_manifest(self, entry: ShardEntry) -> list[FileEntry]:
         """A shard's internal manifest, read from the head of the archive only."""
         key = entry["archive_key"]
-        with self._stream(key, self._bucket.open(key)) as stream:
+        with self._open_archive(entry) as stream:
             members = read_internal_manifest(
                 stream, archive_key=key, compression=entry.get("compression")
             )

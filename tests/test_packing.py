@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import crc32c
 import pytest
 
 from s3exchange import S3ExchangeStore, ShardEntry, ShardItem, UploadError
@@ -180,7 +181,7 @@ class MemoryStore:
 
     def __init__(self, fail: Iterable[str] = ()) -> None:
         self.objects: dict[str, int] = {}
-        self.members: dict[str, list[tuple[str, int]]] = {}
+        self.members: dict[str, list[tuple[str, int, str]]] = {}
         self.manifests: dict[str, list[list[ShardEntry]]] = {}
         self.fail = set(fail)
         self.lock = threading.Lock()
@@ -205,13 +206,13 @@ class MemoryStore:
 
     def read_shard_manifest(self, entry: ShardEntry) -> list[dict[str, Any]]:
         key = entry["archive_key"]
-        return [{"member_path": p, "size_bytes": s} for p, s in self.members[key]]
+        return [{"member_path": p, "size_bytes": s, "crc32c": c} for p, s, c in self.members[key]]
 
     def put_shard_archive(self, key: str, items: list[ShardItem], compression: Any = None) -> Shard:
         if key in self.fail:
             raise UploadError(key, "injected failure")
-        sizes = [(i["member_path"], i["size_bytes"]) for i in items]
-        size = 512 * (len(items) + 2) + sum(s for _, s in sizes)
+        sizes = [(i["member_path"], i["size_bytes"], _crc32c(i["source"])) for i in items]
+        size = 512 * (len(items) + 2) + sum(s for _, s, _ in sizes)
         with self.lock:
             self.objects[key] = size
             self.members[key] = sizes
@@ -219,7 +220,7 @@ class MemoryStore:
             "kind": "shard",
             "archive_key": key,
             "count": len(items),
-            "members_size_bytes": sum(s for _, s in sizes),
+            "members_size_bytes": sum(s for _, s, _ in sizes),
             "size_bytes": size,
             "etag": f'"{key}"',
         }
@@ -233,6 +234,10 @@ class MemoryStore:
 
     def listed(self) -> list[str]:
         return [e["archive_key"] for part in self.parts for e in part]
+
+
+def _crc32c(source: Any) -> str:
+    return format(crc32c.crc32c(Path(source).read_bytes()), "08x")
 
 
 @pytest.fixture
@@ -312,6 +317,23 @@ def test_pack_refuses_to_overwrite_an_unlisted_shard_holding_other_files(
     with pytest.raises(PackConflictError, match="holds other files"):
         pack(cast(S3ExchangeStore, store), other, "d/other.jsonl")
     assert store.members["d/shards/shard-00000.tar"][0][0] == "00.bin"
+
+
+def test_pack_refuses_to_overwrite_an_unlisted_shard_of_same_names_and_sizes(
+    src: Path, tmp_path: Path
+) -> None:
+    """Issue 10, item 1: names and sizes agree, bytes do not: another dataset's shard."""
+    store = MemoryStore()
+    run(store, src)
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in sorted(src.iterdir()):
+        (other / path.name).write_bytes(b"\xff" * path.stat().st_size)
+    before = dict(store.members)
+    with pytest.raises(PackConflictError, match=r"member '00.bin' holds other bytes"):
+        pack(cast(S3ExchangeStore, store), other, "d/other.jsonl", max_entries=2)
+    assert store.members == before
+    assert "d/other.jsonl" not in store.manifests
 
 
 def test_pack_dry_run_counts_without_writing(src: Path) -> None:
