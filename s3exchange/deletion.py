@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 from .bucket import Bucket
-from .errors import DeleteError, InvalidManifestError
+from .errors import (
+    DeleteError,
+    InvalidKeyError,
+    InvalidManifestError,
+    ObjectNotFoundError,
+    ShardReadError,
+)
+from .keys import KeySpace, split_virtual_key
 from .types import DeleteFailure, DeleteReport, ManifestEntry
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,35 @@ def delete_prefix(bucket: Bucket, prefix: str, regex: str | None = None) -> int:
     return deleted
 
 
+MemberLister = Callable[[str], list[str]]
+"""``members(archive_key)``: the member paths its internal manifest lists."""
+
+Role = Literal["object", "archive", "manifest"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePlan:
+    """Everything :func:`delete_manifest` deletes, in its order, and the archives it keeps.
+
+    The one computation behind both :meth:`S3ExchangeStore.delete_manifest` and ``s3exchange
+    rm --manifest`` (its ``--dry-run`` and prompt), so what is shown is what is deleted.
+    """
+
+    root: str
+    objects: tuple[str, ...]
+    archives: tuple[str, ...]
+    manifests: tuple[str, ...]
+    """Deepest part first, the root last: the order they are deleted in."""
+    kept: tuple[tuple[str, str], ...]
+    """``(archive, why)``: archives some of whose members are listed, not deleted."""
+
+    def targets(self) -> Iterator[tuple[Role, str]]:
+        """``(role, key)`` of every key to delete, in deletion order."""
+        yield from (("object", key) for key in self.objects)
+        yield from (("archive", key) for key in self.archives)
+        yield from (("manifest", key) for key in self.manifests)
+
+
 class _Targets:
     """Keys a manifest graph references, split by role, optionally deduplicated."""
 
@@ -40,6 +78,7 @@ class _Targets:
         self.objects: list[str] = []
         self.archives: list[str] = []
         self.manifests: list[str] = []
+        self.members: dict[str, set[str]] = {}  # archive -> member paths listed one by one
         self._seen: set[str] = set()
 
     def add(self, bucket: list[str], key: str) -> None:
@@ -57,41 +96,95 @@ def _walk(read: ManifestReader, key: str, targets: _Targets, path: tuple[str, ..
     for entry in read(key):
         if entry["kind"] == "manifest_ref":
             _walk(read, entry["key"], targets, (*path, key))
-        elif "archive_key" in entry:  # a shard, or a shard member listed as a file
+        elif entry["kind"] == "shard":
             targets.add(targets.archives, entry["archive_key"])
+        elif "archive_key" in entry:  # a shard member listed as a file: not its archive
+            member = entry.get("member_path") or split_virtual_key(entry["key"])[1] or ""
+            targets.members.setdefault(entry["archive_key"], set()).add(member)
         else:
             targets.add(targets.objects, entry["key"])
 
 
-def delete_manifest(
-    bucket: Bucket,
+def _covered(archive: str, listed: set[str], members: MemberLister) -> str | None:
+    """None when ``listed`` names every member of ``archive``, else why it is kept."""
+    try:
+        stored = members(archive)
+    except ObjectNotFoundError:
+        return "not stored"
+    except ShardReadError as exc:
+        return f"its members cannot be read ({exc.reason})"
+    missing = len(set(stored) - listed)
+    if missing:
+        return f"{len(stored) - missing} of its {len(stored)} members are listed"
+    return None
+
+
+def plan_delete_manifest(
+    keyspace: KeySpace,
     root: str,
     read: ManifestReader,
+    members: MemberLister,
     *,
-    delete_manifests: bool = True,
     dedupe: bool = True,
+) -> DeletePlan:
+    """Read the whole manifest graph and decide every key to delete; deletes nothing.
+
+    A shard entry covers its whole archive. Members listed one by one (a manifest from
+    ``compact_manifest(expand_shards=True)``) cover it only when they name every member its
+    internal manifest lists: otherwise the archive is kept, and ``kept`` says why. Every key
+    is checked against the key rules here, so a bad key stops the plan before any delete.
+    """
+    targets = _Targets(dedupe)
+    _walk(read, root, targets, ())
+    kept: list[tuple[str, str]] = []
+    whole = set(targets.archives)
+    for archive, listed in targets.members.items():
+        if archive in whole:
+            continue  # a shard entry lists it whole
+        why = _covered(archive, listed, members)
+        if why is None:
+            targets.add(targets.archives, archive)
+        else:
+            kept.append((archive, why))
+    plan = DeletePlan(
+        root=root,
+        objects=tuple(targets.objects),
+        archives=tuple(targets.archives),
+        manifests=tuple(reversed(targets.manifests)),
+        kept=tuple(kept),
+    )
+    for role, key in plan.targets():
+        try:
+            keyspace.physical(key)
+        except InvalidKeyError as exc:
+            raise InvalidManifestError(
+                root, f"{role} key {key!r} in the manifest graph is invalid: {exc.reason}"
+            ) from None
+    return plan
+
+
+def delete_manifest(
+    bucket: Bucket, plan: DeletePlan, *, delete_manifests: bool = True
 ) -> DeleteReport:
-    """Delete every object and archive the manifest graph references, then the manifests.
+    """Delete a :func:`plan_delete_manifest` plan: objects, archives, then the manifests.
 
-    A shard member listed as a file entry (``compact_manifest(expand_shards=True)``) references
-    its whole archive, so the archive is deleted.
-
-    The whole graph is read before anything is deleted, so a bad manifest deletes nothing.
     Manifests go last, deepest part first, and only if every data key was deleted: a failed
     run leaves the manifests in place to run again, never a manifest whose data is half gone
     without a record of it.
     """
-    targets = _Targets(dedupe)
-    _walk(read, root, targets, ())
-    objects, object_failures = bucket.delete_many(targets.objects)
-    archives, archive_failures = bucket.delete_many(targets.archives)
+    objects, object_failures = bucket.delete_many(plan.objects)
+    archives, archive_failures = bucket.delete_many(plan.archives)
     failures: list[DeleteFailure] = object_failures + archive_failures
     manifests = 0
     if delete_manifests and not failures:
-        manifests, manifest_failures = bucket.delete_many(reversed(targets.manifests))
+        manifests, manifest_failures = bucket.delete_many(plan.manifests)
         failures += manifest_failures
     elif failures:
-        log.warning("kept the manifests of %r: %d keys could not be deleted", root, len(failures))
+        log.warning(
+            "kept the manifests of %r: %d keys could not be deleted", plan.root, len(failures)
+        )
+    for archive, why in plan.kept:
+        log.info("kept archive %r: %s", archive, why)
     return {
         "deleted_object_count": objects,
         "deleted_archive_count": archives,

@@ -593,21 +593,51 @@ class S3ExchangeStore:
         """
         return deletion.delete_prefix(self._bucket, self.resolve(prefix, vars), regex)
 
+    def plan_delete_manifest(
+        self, manifest: str, dedupe: bool = True, vars: Mapping[str, Any] | None = None
+    ) -> deletion.DeletePlan:
+        """What :meth:`delete_manifest` would delete, and the archives it would keep; reads the
+        whole graph (and the internal manifests of archives listed member by member)."""
+        return self._plan_delete(self.resolve(manifest, vars), dedupe)
+
+    def _plan_delete(self, root: str, dedupe: bool) -> deletion.DeletePlan:
+        def members(archive: str) -> list[str]:
+            entry: ShardEntry = {
+                "kind": "shard",
+                "archive_key": archive,
+                "compression": _compression_of(archive),
+            }
+            return [m.get("member_path", m["key"]) for m in self.read_shard_manifest(entry)]
+
+        return deletion.plan_delete_manifest(
+            self._bucket.keyspace,
+            root,
+            self._read_manifest,
+            members,
+            dedupe=dedupe,
+        )
+
     def delete_manifest(
         self,
         manifest: str,
         delete_manifests: bool = True,
         dedupe: bool = True,
         vars: Mapping[str, Any] | None = None,
+        *,
+        plan: deletion.DeletePlan | None = None,
     ) -> DeleteReport:
-        """Delete everything a manifest references (recursively), and the manifests too."""
-        return deletion.delete_manifest(
-            self._bucket,
-            self.resolve(manifest, vars),
-            self._read_manifest,
-            delete_manifests=delete_manifests,
-            dedupe=dedupe,
-        )
+        """Delete everything a manifest references (recursively), and the manifests too.
+
+        Exactly the keys of :meth:`plan_delete_manifest` (pass ``plan`` to delete one already
+        shown): a whole archive only when a shard entry lists it or its members are all listed
+        one by one. The plan is complete and every key valid before the first delete.
+        """
+        resolved = self.resolve(manifest, vars)
+        if plan is None:
+            plan = self._plan_delete(resolved, dedupe)
+        elif plan.root != resolved:
+            raise ValueError(f"the plan is for {plan.root!r}, not {resolved!r}")
+        return deletion.delete_manifest(self._bucket, plan, delete_manifests=delete_manifests)
 
     def compact_manifest(
         self,

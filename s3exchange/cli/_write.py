@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from .. import packing
 from ._common import CliError, ExitCode, Progress, confirm, emit, emit_json, human_size, open_store
-from ._walk import walk_manifest
 
 if TYPE_CHECKING:
     from ..store import S3ExchangeStore
@@ -71,36 +70,6 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def manifest_targets(store: S3ExchangeStore, key: str) -> list[tuple[str, str]]:
-    """``(role, key)`` of everything ``store.delete_manifest(key)`` deletes, in its order.
-
-    Mirrors :func:`s3exchange.deletion.delete_manifest`: objects, then archives, then the
-    manifests deepest first; keys deduplicated; members listed one by one are not deleted
-    (their archive goes only when a shard entry lists it).
-    """
-    seen: set[str] = set()
-    roles: dict[str, list[str]] = {"object": [], "archive": [], "manifest": []}
-
-    def add(role: str, target: str) -> None:
-        if target not in seen:
-            seen.add(target)
-            roles[role].append(target)
-
-    add("manifest", store.resolve(key))
-    for _, entry in walk_manifest(store, key):
-        if entry["kind"] == "manifest_ref":
-            add("manifest", entry["key"])
-        elif entry["kind"] == "shard":
-            add("archive", entry["archive_key"])
-        elif "archive_key" not in entry:
-            add("object", entry["key"])
-    return [
-        *(("object", k) for k in roles["object"]),
-        *(("archive", k) for k in roles["archive"]),
-        *(("manifest", k) for k in reversed(roles["manifest"])),
-    ]
-
-
 def cmd_rm(args: argparse.Namespace) -> int:
     """Delete by manifest or by prefix; ``--dry-run`` lists, otherwise confirm (or ``--yes``)."""
     if args.regex is not None and args.manifest is not None:
@@ -112,29 +81,37 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def _rm_manifest(store: S3ExchangeStore, args: argparse.Namespace) -> int:
-    targets = manifest_targets(store, args.manifest)
+    # one plan, shown by --dry-run and the prompt, then deleted as shown
+    plan = store.plan_delete_manifest(args.manifest)
     if args.dry_run:
-        for role, key in targets:
+        for role, key in plan.targets():
             if args.json:
                 emit_json({"role": role, "key": key})
             else:
                 emit(f"{role:<10}{key}")
+        for archive, why in plan.kept:
+            if args.json:
+                emit_json({"role": "kept", "key": archive, "reason": why})
+            else:
+                emit(f"{'kept':<10}{archive}  ({why}; not deleted)")
         return ExitCode.OK
-    counts = {role: sum(r == role for r, _ in targets) for role in ("object", "archive")}
+    kept = f", keeping {len(plan.kept)} partly listed archives" if plan.kept else ""
     confirm(
-        f"delete {counts['object']} objects, {counts['archive']} archives and "
-        f"{len(targets) - sum(counts.values())} manifests of {store.resolve(args.manifest)}?",
+        f"delete {len(plan.objects)} objects, {len(plan.archives)} archives and "
+        f"{len(plan.manifests)} manifests of {plan.root}{kept}?",
         yes=args.yes,
     )
-    report = store.delete_manifest(args.manifest)
+    report = store.delete_manifest(args.manifest, plan=plan)
     if args.json:
-        emit_json(report)
+        emit_json({**report, "kept": [{"key": k, "reason": why} for k, why in plan.kept]})
     else:
         emit(
             f"deleted {report['deleted_object_count']} objects, "
             f"{report['deleted_archive_count']} archives, "
             f"{report['deleted_manifest_count']} manifests"
         )
+        for archive, why in plan.kept:
+            emit(f"kept {archive}: {why}")
     for failure in report["errors"]:
         sys.stderr.write(f"{failure['key']}: {failure['code']} {failure['message']}\n")
     if report["errors"]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from s3exchange import ObjectChangedError, S3ExchangeStore
+from s3exchange import InvalidManifestError, ObjectChangedError, S3ExchangeStore, ShardItem
 from s3exchange.packing import PackConflictError, pack
 
 if TYPE_CHECKING:
@@ -73,3 +73,54 @@ def test_a_shard_replaced_under_its_key_is_refused_by_readers(store: S3ExchangeS
         list(store.iter_shard_members(listed, verify=False))
     unpinned = {k: v for k, v in listed.items() if k != "etag"}
     assert [m.read() for m in store.iter_shard_members(unpinned)] == [b"B" * 100]  # type: ignore[arg-type]
+
+
+# -- 2. rm --manifest / delete_manifest: one plan, members never take a partly listed archive -----
+
+
+def _three_member_shard(store: S3ExchangeStore) -> None:
+    items: list[ShardItem] = [
+        {"source": bytes([i]) * 10, "member_path": f"{i}.bin"} for i in range(3)
+    ]
+    shard = store.put_shard_archive("shards/s.tar", items)
+    store.write_manifest("m.jsonl", [shard.entry])
+    store.compact_manifest("m.jsonl", "flat.jsonl", expand_shards=True)
+    members = list(store.iter_manifest_entries("flat.jsonl"))
+    store.write_manifest("partial.jsonl", members[:2])
+
+
+def test_member_entries_delete_their_archive_only_when_they_cover_it(
+    store: S3ExchangeStore,
+) -> None:
+    _three_member_shard(store)
+    partial = store.plan_delete_manifest("partial.jsonl")
+    assert list(partial.targets()) == [("manifest", "partial.jsonl")]
+    assert partial.kept == (("shards/s.tar", "2 of its 3 members are listed"),)
+    report = store.delete_manifest("partial.jsonl")
+    assert (report["deleted_archive_count"], report["deleted_manifest_count"]) == (0, 1)
+    assert [m.read() for m, _ in store.iter_objects("m.jsonl")] == [
+        b"\0" * 10,
+        b"\1" * 10,
+        b"\2" * 10,
+    ]
+
+    whole = store.plan_delete_manifest("flat.jsonl")
+    assert list(whole.targets()) == [("archive", "shards/s.tar"), ("manifest", "flat.jsonl")]
+    assert whole.kept == ()
+    assert store.delete_manifest("flat.jsonl", plan=whole)["deleted_archive_count"] == 1
+    assert sorted(store.list_keys()) == ["m.jsonl"]
+
+
+# -- 3. a bad key anywhere in the graph deletes nothing ----------------------------------------
+
+
+def test_a_bad_key_after_a_full_batch_deletes_nothing(store: S3ExchangeStore) -> None:
+    entries = [{"kind": "file", "key": f"d/{i:05d}.bin"} for i in range(1500)]
+    entries.append({"kind": "file", "key": "/etc/passwd"})
+    store.write_manifest("m.jsonl", entries)
+    for i in (0, 1, 999):
+        store.put_object(f"d/{i:05d}.bin", b"keep")
+    with pytest.raises(InvalidManifestError, match=r"'/etc/passwd'.*relative") as caught:
+        store.delete_manifest("m.jsonl")
+    assert caught.value.key == "m.jsonl"
+    assert sorted(store.list_keys()) == ["d/00000.bin", "d/00001.bin", "d/00999.bin", "m.jsonl"]

@@ -1,0 +1,85 @@
+"""Issue 10 ("Reliability, round two") through the ``s3exchange`` command, against moto."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from test_cli import EXIT_USAGE, Cli, clean_env
+
+from s3exchange import S3ExchangeStore, ShardItem
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from s3exchange.testing import RunningServer
+
+
+@pytest.fixture
+def cli(moto_server: RunningServer, bucket: str, tmp_path: Path) -> Cli:
+    env = clean_env(**moto_server.s3.env(), S3EXCHANGE_BUCKET=bucket)
+    return Cli(env, tmp_path)
+
+
+def _prompt(cli: Cli, *args: str, answer: bytes) -> tuple[int, str]:
+    """Run with stdin a terminal, answer the question; returns (exit code, stderr)."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "s3exchange", *args],
+            env=cli.env,
+            cwd=cli.cwd,
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        os.write(controller, answer)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    return proc.returncode, err.decode()
+
+
+# -- 2. rm --manifest shows, asks about and deletes one plan ------------------------------------
+
+
+def test_rm_manifest_of_an_expanded_manifest_shows_and_asks_about_the_archive(
+    cli: Cli, store: S3ExchangeStore, s3_client: S3Client, bucket: str
+) -> None:
+    items: list[ShardItem] = [
+        {"source": bytes([i]) * 10, "member_path": f"{i}.bin"} for i in range(3)
+    ]
+    shard = store.put_shard_archive("shards/s.tar", items)
+    store.write_manifest("m.jsonl", [shard.entry])
+    store.compact_manifest("m.jsonl", "flat.jsonl", expand_shards=True)
+    store.write_manifest("partial.jsonl", list(store.iter_manifest_entries("flat.jsonl"))[:2])
+
+    listed = cli.jsonl("rm", "--manifest", "flat.jsonl", "--dry-run", "--json")
+    assert listed == [
+        {"role": "archive", "key": "shards/s.tar"},
+        {"role": "manifest", "key": "flat.jsonl"},
+    ]
+    code, err = _prompt(cli, "rm", "--manifest", "flat.jsonl", answer=b"n\n")
+    assert code == EXIT_USAGE
+    assert "delete 0 objects, 1 archives and 1 manifests of flat.jsonl?" in err
+
+    text = cli.ok("rm", "--manifest", "partial.jsonl", "--dry-run").decode().splitlines()
+    assert text == [
+        "manifest  partial.jsonl",
+        "kept      shards/s.tar  (2 of its 3 members are listed; not deleted)",
+    ]
+    code, err = _prompt(cli, "rm", "--manifest", "partial.jsonl", answer=b"n\n")
+    assert "delete 0 objects, 0 archives and 1 manifests of partial.jsonl, keeping 1" in err
+    report = cli.json("rm", "--manifest", "partial.jsonl", "--yes")
+    assert (report["deleted_archive_count"], report["deleted_manifest_count"]) == (0, 1)
+    assert report["kept"] == [{"key": "shards/s.tar", "reason": "2 of its 3 members are listed"}]
+    assert store.exists("shards/s.tar")
+    report = cli.json("rm", "--manifest", "flat.jsonl", "--yes")
+    assert report["deleted_archive_count"] == 1
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == ["m.jsonl"]
