@@ -7,6 +7,7 @@ mid-epoch with ``torchdata``'s ``StatefulDataLoader``. See :mod:`s3exchange_torc
 
 from .collate import PackedBatch, pack_bytes
 from .dataset import S3ExchangeIterableDataset
+from .loader import LoaderWorkerError, S3ExchangeLoader, collate_into
 from .plan import Balance, EpochPlan, Segment
 from .units import GroupBy, sample_key
 
@@ -14,9 +15,12 @@ __all__ = [
     "Balance",
     "EpochPlan",
     "GroupBy",
+    "LoaderWorkerError",
     "PackedBatch",
     "S3ExchangeIterableDataset",
+    "S3ExchangeLoader",
     "Segment",
+    "collate_into",
     "pack_bytes",
     "sample_key",
 ]
