@@ -6,10 +6,20 @@ from __future__ import annotations
 class S3ExchangeError(Exception):
     """Base class of every error this library raises on purpose.
 
-    Every subclass can also be built from one pre-formatted message (its other arguments
-    default to ``None``): PyTorch's DataLoader re-raises a worker's exception in the main
-    process as ``type(exc)(message)``, and this keeps the domain type across that boundary.
+    Context first, as each class names it (``ObjectNotFoundError(key)``); the context is kept
+    as given, never guessed from its text. ``cls(message=text)`` rebuilds any of them from
+    one finished message, context ``None``: PyTorch's DataLoader does exactly that when it
+    re-raises a worker's exception in the main process (it calls ``type(exc)(message=...)``
+    for classes with a ``message`` attribute), so the domain type and the text survive.
     """
+
+    def __init__(self, *args: object, message: str | None = None) -> None:
+        super().__init__(*((message,) if message is not None else args))
+
+    @property
+    def message(self) -> str:
+        """The error's text (its presence makes the DataLoader re-raise with ``message=``)."""
+        return str(self)
 
 
 class _KeyedError(S3ExchangeError):
@@ -17,22 +27,33 @@ class _KeyedError(S3ExchangeError):
 
     template = "{key!r}: {reason}"
 
-    def __init__(self, key: str, reason: str | None = None) -> None:
+    def __init__(
+        self, key: str | None = None, reason: str | None = None, *, message: str | None = None
+    ) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(key if reason is None else self.template.format(key=key, reason=reason))
+        if message is None:
+            message = key if reason is None else self.template.format(key=key, reason=reason)
+        super().__init__(message)
 
 
 class MissingPlaceholderError(S3ExchangeError, KeyError):
     """A key template names a ``{placeholder}`` that no variable fills."""
 
-    def __init__(self, placeholder: str, template: str | None = None) -> None:
+    def __init__(
+        self,
+        placeholder: str | None = None,
+        template: str | None = None,
+        *,
+        message: str | None = None,
+    ) -> None:
         self.placeholder = placeholder
         self.template = template
-        if template is None:
-            super().__init__(placeholder)
-        else:
-            super().__init__(f"missing placeholder {{{placeholder}}} in key template {template!r}")
+        if message is None:
+            message = placeholder
+            if template is not None:
+                message = f"missing placeholder {{{placeholder}}} in key template {template!r}"
+        super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
@@ -45,18 +66,17 @@ class InvalidKeyError(_KeyedError, ValueError):
 
 
 class ObjectNotFoundError(S3ExchangeError, KeyError):
-    """The object at ``key`` does not exist.
+    """The object at ``key`` does not exist (any key, a newline in it included)."""
 
-    Built from a multi-line text (a DataLoader worker's re-raised traceback), the text is the
-    message verbatim and ``key`` is None.
-    """
-
-    def __init__(self, key: str, bucket: str | None = None) -> None:
-        reraised = "\n" in key
-        self.key: str | None = None if reraised else key
+    def __init__(
+        self, key: str | None = None, bucket: str | None = None, *, message: str | None = None
+    ) -> None:
+        self.key = key
         self.bucket = bucket
-        where = f" in bucket {bucket!r}" if bucket else ""
-        super().__init__(key if reraised else f"{self._what} not found: {key!r}{where}")
+        if message is None:
+            where = f" in bucket {bucket!r}" if bucket else ""
+            message = f"{self._what} not found: {key!r}{where}"
+        super().__init__(message)
 
     _what = "object"
 
@@ -73,13 +93,22 @@ class ManifestNotFoundError(ObjectNotFoundError):
 class InvalidManifestError(S3ExchangeError, ValueError):
     """A manifest line (or the manifest graph) is not valid; names the key and 1-based line."""
 
-    def __init__(self, key: str | None, reason: str | None = None, line: int | None = None) -> None:
+    def __init__(
+        self,
+        key: str | None = None,
+        reason: str | None = None,
+        line: int | None = None,
+        *,
+        message: str | None = None,
+    ) -> None:
         self.key = key
         self.line = line
         self.reason = reason
-        where = key if key is not None else "<entries>"
-        at = f" line {line}" if line is not None else ""
-        super().__init__(f"invalid manifest {where!r}{at}: {reason}" if reason else key)
+        if message is None:
+            where = key if key is not None else "<entries>"
+            at = f" line {line}" if line is not None else ""
+            message = f"invalid manifest {where!r}{at}: {reason}" if reason else key
+        super().__init__(message)
 
 
 class _ShardError(S3ExchangeError):
@@ -88,14 +117,22 @@ class _ShardError(S3ExchangeError):
     verb = "use"
 
     def __init__(
-        self, archive_key: str, reason: str | None = None, member_path: str | None = None
+        self,
+        archive_key: str | None = None,
+        reason: str | None = None,
+        member_path: str | None = None,
+        *,
+        message: str | None = None,
     ) -> None:
         self.archive_key = archive_key
         self.member_path = member_path
         self.reason = reason
-        member = f" member {member_path!r}" if member_path is not None else ""
-        text = f"cannot {self.verb} shard {archive_key!r}{member}: {reason}"
-        super().__init__(archive_key if reason is None else text)
+        if message is None:
+            member = f" member {member_path!r}" if member_path is not None else ""
+            message = archive_key
+            if reason is not None:
+                message = f"cannot {self.verb} shard {archive_key!r}{member}: {reason}"
+        super().__init__(message)
 
 
 class ShardWriteError(_ShardError):
@@ -120,12 +157,21 @@ class ObjectChangedError(S3ExchangeError):
     """An object was replaced while it was being read (resuming would mix two versions), or
     since the manifest that lists it was written (its ETag differs from the entry's)."""
 
-    def __init__(self, key: str, etag: str | None = None, *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        key: str | None = None,
+        etag: str | None = None,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> None:
         self.key = key
         self.etag = etag
         self.reason = reason
-        why = reason or "changed while it was read"
-        super().__init__(f"object {key!r} {why} (expected ETag {etag})")
+        if message is None:
+            why = reason or "changed while it was read"
+            message = f"object {key!r} {why} (expected ETag {etag})"
+        super().__init__(message)
 
 
 class ReadInterruptedError(S3ExchangeError):
@@ -133,16 +179,23 @@ class ReadInterruptedError(S3ExchangeError):
 
     def __init__(
         self,
-        key: str,
+        key: str | None = None,
         offset: int | None = None,
         attempts: int | None = None,
         cause: BaseException | None = None,
+        *,
+        message: str | None = None,
     ) -> None:
         self.key = key
         self.offset = offset
         self.attempts = attempts
-        text = f"reading {key!r} failed at byte {offset} after {attempts} attempts: {cause!r}"
-        super().__init__(key if offset is None else text)
+        if message is None:
+            message = key
+            if offset is not None:
+                message = (
+                    f"reading {key!r} failed at byte {offset} after {attempts} attempts: {cause!r}"
+                )
+        super().__init__(message)
 
 
 class UploadError(_KeyedError):
@@ -160,15 +213,17 @@ class ConcurrentModificationError(_KeyedError):
 class DeleteError(S3ExchangeError):
     """Some keys of a batch delete failed; ``errors`` lists (key, code, message)."""
 
-    def __init__(self, errors: list[tuple[str, str, str]] | str) -> None:
+    def __init__(
+        self, errors: list[tuple[str, str, str]] | str | None = None, *, message: str | None = None
+    ) -> None:
         if isinstance(errors, str):
-            self.errors: list[tuple[str, str, str]] = []
-            super().__init__(errors)
-            return
-        self.errors = errors
-        first = "; ".join(f"{k!r}: {c} {m}" for k, c, m in errors[:5])
-        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-        super().__init__(f"{len(errors)} keys could not be deleted: {first}{more}")
+            errors, message = None, errors
+        self.errors: list[tuple[str, str, str]] = errors or []
+        if message is None:
+            first = "; ".join(f"{k!r}: {c} {m}" for k, c, m in self.errors[:5])
+            more = f" (+{len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
+            message = f"{len(self.errors)} keys could not be deleted: {first}{more}"
+        super().__init__(message)
 
 
 class StorageError(S3ExchangeError):
@@ -176,16 +231,19 @@ class StorageError(S3ExchangeError):
 
     def __init__(
         self,
-        key: str | None,
+        key: str | None = None,
         operation: str | None = None,
         code: str | None = None,
+        reason: str | None = None,
+        *,
         message: str | None = None,
     ) -> None:
         self.key = key
         self.operation = operation
         self.code = code
-        text = f"{operation} {key!r} failed: {code} {message}"
-        super().__init__(key if operation is None else text)
+        if message is None:
+            message = key if operation is None else f"{operation} {key!r} failed: {code} {reason}"
+        super().__init__(message)
 
 
 class AccessDeniedError(StorageError):

@@ -74,12 +74,20 @@ class PackError(S3ExchangeError):
 class PackConflictError(S3ExchangeError):
     """What the manifest or bucket holds disagrees with this plan; nothing is mixed."""
 
-    def __init__(self, problems: Sequence[str] | str, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        problems: Sequence[str] | str = (),
+        hint: str | None = None,
+        *,
+        message: str | None = None,
+    ) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.hint = hint
-        shown = "; ".join(self.problems[:2])
-        more = f" (+{len(self.problems) - 2} more)" if len(self.problems) > 2 else ""
-        super().__init__(f"{shown}{more}" + (f". {hint}" if hint else ""))
+        if message is None:
+            shown = "; ".join(self.problems[:2])
+            more = f" (+{len(self.problems) - 2} more)" if len(self.problems) > 2 else ""
+            message = f"{shown}{more}" + (f". {hint}" if hint else "")
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

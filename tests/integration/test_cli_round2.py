@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from test_cli import EXIT_USAGE, Cli, clean_env
+from test_cli import EXIT_NOT_FOUND, EXIT_USAGE, Cli, clean_env
 
 from s3exchange import S3ExchangeStore, ShardItem
 
@@ -83,3 +83,11 @@ def test_rm_manifest_of_an_expanded_manifest_shows_and_asks_about_the_archive(
     report = cli.json("rm", "--manifest", "flat.jsonl", "--yes")
     assert report["deleted_archive_count"] == 1
     assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == ["m.jsonl"]
+
+
+# -- 9. the error names the key, whatever it holds ----------------------------------------------
+
+
+def test_cat_of_a_missing_key_with_a_newline_names_it(cli: Cli) -> None:
+    err = cli.fails(EXIT_NOT_FOUND, "cat", "dir/missing\nkey.bin")
+    assert "object not found: 'dir/missing\\nkey.bin'" in err

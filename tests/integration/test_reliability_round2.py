@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from s3exchange import InvalidManifestError, ObjectChangedError, S3ExchangeStore, ShardItem
+from s3exchange import (
+    InvalidManifestError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    S3ExchangeStore,
+    ShardItem,
+)
 from s3exchange.packing import PackConflictError, pack
 
 if TYPE_CHECKING:
@@ -124,3 +130,13 @@ def test_a_bad_key_after_a_full_batch_deletes_nothing(store: S3ExchangeStore) ->
         store.delete_manifest("m.jsonl")
     assert caught.value.key == "m.jsonl"
     assert sorted(store.list_keys()) == ["d/00000.bin", "d/00001.bin", "d/00999.bin", "m.jsonl"]
+
+
+# -- 9. an error keeps the key it is about ------------------------------------------------------
+
+
+def test_a_missing_key_with_a_newline_is_named_in_the_error(store: S3ExchangeStore) -> None:
+    with pytest.raises(ObjectNotFoundError) as caught:
+        store.get_object("dir/missing\nkey.bin")
+    assert caught.value.key == "dir/missing\nkey.bin"
+    assert "'dir/missing\\nkey.bin'" in str(caught.value)
