@@ -19,11 +19,19 @@ from .errors import (
     ManifestNotFoundError,
     ObjectChangedError,
     ObjectNotFoundError,
+    ShardReadError,
     ShardWriteError,
 )
 from .keys import KeySpace, resolve_template, split_virtual_key, virtual_key
 from .multipart import DEFAULT_PART_SIZE, MultipartWriter
-from .shard import Shard, ShardMember, iter_shard, read_internal_manifest, write_shard
+from .shard import (
+    Shard,
+    ShardMember,
+    _member_path_problem,  # the reader's own rule; public once shard.py says so
+    iter_shard,
+    read_internal_manifest,
+    write_shard,
+)
 from .types import (
     INTERNAL_MANIFEST_PATH,
     MANIFEST_CONTENT_TYPE,
@@ -463,12 +471,22 @@ class S3ExchangeStore:
         return stream
 
     def read_shard_manifest(self, entry: ShardEntry) -> list[FileEntry]:
-        """A shard's internal manifest, read from the head of the archive only."""
+        """A shard's internal manifest, read from the head of the archive only.
+
+        Member paths obey the rules of the tar reader (relative, no ``..``): a hostile
+        manifest's paths never reach a listing, a compacted manifest or a deletion plan.
+        """
         key = entry["archive_key"]
         with self._open_archive(entry) as stream:
             members = read_internal_manifest(
                 stream, archive_key=key, compression=entry.get("compression")
             )
+        for member in members:
+            problem = _member_path_problem(member["member_path"])
+            if problem is not None:
+                raise ShardReadError(
+                    key, f"internal manifest: {problem}", member_path=member["member_path"]
+                )
         return members
 
     # -- shards --------------------------------------------------------------------------------

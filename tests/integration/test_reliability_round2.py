@@ -6,6 +6,10 @@ parametrised here), since ETags, batch deletes and listings are the servers' own
 
 from __future__ import annotations
 
+import io
+import json
+import re
+import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,10 +21,13 @@ from s3exchange import (
     ObjectNotFoundError,
     S3ExchangeStore,
     ShardItem,
+    ShardReadError,
 )
 from s3exchange.packing import PackConflictError, pack
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from s3exchange.testing import RunningServer
 
 
@@ -140,3 +147,34 @@ def test_a_missing_key_with_a_newline_is_named_in_the_error(store: S3ExchangeSto
         store.get_object("dir/missing\nkey.bin")
     assert caught.value.key == "dir/missing\nkey.bin"
     assert "'dir/missing\\nkey.bin'" in str(caught.value)
+
+
+# -- 12. member paths from an internal manifest obey the reader's rules -------------------------
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "a/../../b"])
+def test_a_hostile_internal_manifest_path_is_refused_by_listings(
+    store: S3ExchangeStore, s3_client: S3Client, bucket: str, path: str
+) -> None:
+    line = json.dumps({"kind": "file", "key": path, "member_path": path, "size_bytes": 2})
+    body = _tar({"__manifest__.jsonl": line.encode() + b"\n", "ok.bin": b"ok"})
+    s3_client.put_object(Bucket=bucket, Key="evil.tar", Body=body)
+    store.write_manifest("m.jsonl", [{"kind": "shard", "archive_key": "evil.tar"}])
+    refused = rf"'evil\.tar' member '{re.escape(path)}'"
+    with pytest.raises(ShardReadError, match=refused):
+        list(store.list_manifest_files("m.jsonl"))
+    with pytest.raises(ShardReadError, match=refused):
+        list(store.list_by_manifest_prefix("m.jsonl", "evil.tar"))
+    with pytest.raises(ShardReadError, match=refused):
+        store.compact_manifest("m.jsonl", "flat.jsonl", expand_shards=True)
+    assert not store.exists("flat.jsonl")
