@@ -24,20 +24,39 @@ log = logging.getLogger(__name__)
 ManifestReader = Callable[[str], Iterable[ManifestEntry]]
 
 
-def delete_prefix(bucket: Bucket, prefix: str, regex: str | None = None) -> int:
+def delete_prefix(
+    bucket: Bucket, prefix: str, regex: str | None = None, *, allow_all: bool = False
+) -> int:
     """Delete keys under ``prefix`` whose logical key matches ``regex`` (``re.search``).
 
-    Raises DeleteError listing the keys the server refused, after deleting all the others.
+    An empty prefix (every key under the base prefix) needs ``allow_all``. Raises DeleteError
+    listing the keys the server refused, or that the key rules reject (another tool wrote
+    ``/x``), after deleting all the others.
     """
+    if not prefix and not allow_all:
+        raise InvalidKeyError(
+            prefix, "an empty prefix means every key under the base prefix: pass allow_all=True"
+        )
+    bucket.keyspace.physical_prefix(prefix)  # refuse a bad prefix before listing
     pattern = re.compile(regex) if regex is not None else None
-    keys = (
-        obj["key"]
-        for obj in bucket.list_objects(prefix)
-        if pattern is None or pattern.search(obj["key"])
-    )
-    deleted, failures = bucket.delete_many(keys)
-    if failures:
-        raise DeleteError([(f["key"], f["code"], f["message"]) for f in failures])
+    refused: list[tuple[str, str, str]] = []
+
+    def keys() -> Iterator[str]:
+        for obj in bucket.list_objects(prefix):
+            key = obj["key"]
+            if pattern is not None and not pattern.search(key):
+                continue
+            try:
+                bucket.keyspace.physical(key)
+            except InvalidKeyError as exc:
+                refused.append((key, "InvalidKey", exc.reason or ""))
+                continue
+            yield key
+
+    deleted, failures = bucket.delete_many(keys())
+    refused += [(f["key"], f["code"], f["message"]) for f in failures]
+    if refused:
+        raise DeleteError(refused)
     return deleted
 
 

@@ -52,13 +52,17 @@ class KeySpace:
         """The key as stored in the bucket."""
         if not key:
             raise InvalidKeyError(key, "empty key")
-        if key.startswith("/"):
-            raise InvalidKeyError(key, "keys are relative; drop the leading '/'")
-        return self.base_prefix + key
+        return self.physical_prefix(key)
 
     def physical_prefix(self, prefix: str) -> str:
-        """A listing prefix as stored in the bucket (an empty prefix means everything)."""
-        return self.base_prefix + prefix.lstrip("/")
+        """A listing prefix as stored in the bucket (an empty prefix means everything).
+
+        The same rule as for keys: relative. ``"/"`` is refused rather than read as "the
+        root", which once made ``delete_prefix("/")`` delete everything under the base prefix.
+        """
+        if prefix.startswith("/"):
+            raise InvalidKeyError(prefix, "keys are relative; drop the leading '/'")
+        return self.base_prefix + prefix
 
     def logical(self, physical_key: str) -> str:
         """The key without the base prefix, so it round-trips into :meth:`physical`."""

@@ -602,14 +602,22 @@ class S3ExchangeStore:
     # -- deletion and compaction ---------------------------------------------------------------
 
     def delete_prefix(
-        self, prefix: str, regex: str | None = None, vars: Mapping[str, Any] | None = None
+        self,
+        prefix: str,
+        regex: str | None = None,
+        vars: Mapping[str, Any] | None = None,
+        *,
+        allow_all: bool = False,
     ) -> int:
         """Delete every key under ``prefix`` (matching ``regex`` when given); returns the count.
 
-        Per-key failures reported by the server raise DeleteError listing them, after every
-        other key has been deleted.
+        Prefixes follow the key rules (``"/x"`` is refused, as in :meth:`delete_key`); an
+        empty prefix, every key under the base prefix, needs ``allow_all=True``. Per-key
+        failures reported by the server raise DeleteError listing them, after every other key
+        has been deleted.
         """
-        return deletion.delete_prefix(self._bucket, self.resolve(prefix, vars), regex)
+        resolved = self.resolve(prefix, vars)
+        return deletion.delete_prefix(self._bucket, resolved, regex, allow_all=allow_all)
 
     def plan_delete_manifest(
         self, manifest: str, dedupe: bool = True, vars: Mapping[str, Any] | None = None

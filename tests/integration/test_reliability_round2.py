@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from s3exchange import (
+    InvalidKeyError,
     InvalidManifestError,
     ObjectChangedError,
     ObjectNotFoundError,
@@ -178,3 +179,28 @@ def test_a_hostile_internal_manifest_path_is_refused_by_listings(
     with pytest.raises(ShardReadError, match=refused):
         store.compact_manifest("m.jsonl", "flat.jsonl", expand_shards=True)
     assert not store.exists("flat.jsonl")
+
+
+# -- 16. one key rule for keys and prefixes; deleting everything is explicit ---------------------
+
+
+def test_a_root_or_empty_prefix_deletes_nothing_without_allow_all(
+    s3_client: S3Client, bucket: str
+) -> None:
+    store = S3ExchangeStore(s3_client, bucket, base_prefix="p")
+    for key in ("a.bin", "d/b.bin"):
+        store.put_object(key, b"x")
+    s3_client.put_object(Bucket=bucket, Key="other/c.bin", Body=b"x")
+    with pytest.raises(InvalidKeyError, match="relative"):
+        store.delete_key("/a.bin")
+    with pytest.raises(InvalidKeyError, match="relative"):
+        store.delete_prefix("/")
+    with pytest.raises(InvalidKeyError, match="relative"):
+        list(store.list_keys("/d"))
+    with pytest.raises(InvalidKeyError, match="allow_all=True"):
+        store.delete_prefix("")
+    assert sorted(store.list_keys()) == ["a.bin", "d/b.bin"]
+    assert store.delete_prefix("", allow_all=True) == 2
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == [
+        "other/c.bin"
+    ]
