@@ -11,7 +11,9 @@ Validation choices:
 * Strict RFC 8259 JSON: ``NaN``/``Infinity`` literals and numbers that overflow a float are
   rejected on read, and non-finite floats on write, so every entry read can be written back.
   Duplicate object keys keep the last value, as :func:`json.loads` does.
-* Integers are JSON integers (``5.0`` and ``true`` are not), and sizes and counts are ``>= 0``.
+* Integers are JSON integers (``5.0`` and ``true`` are not); sizes are ``0 ..``
+  :data:`MAX_SIZE_BYTES` and counts ``0 ..`` :data:`MAX_COUNT`, so no sum of them overflows
+  what an index (``len()``, a tensor) holds.
 * A shard's ``compression`` is ``null`` or ``"gzip"``; ``"none"`` is accepted and normalised to
   ``None`` (the only rewriting done); ``format``, if present, is ``"tar"``.
 * Errors are :class:`~s3exchange.errors.InvalidManifestError` with ``key`` and a 1-based ``line``.
@@ -32,7 +34,9 @@ from .types import ManifestEntry
 
 __all__ = [
     "ENTRY_KINDS",
+    "MAX_COUNT",
     "MAX_LINE_BYTES",
+    "MAX_SIZE_BYTES",
     "dumps_entries",
     "dumps_entry",
     "iter_entries",
@@ -44,6 +48,13 @@ __all__ = [
 ENTRY_KINDS: Final = ("file", "shard", "manifest_ref")
 MAX_LINE_BYTES: Final = 64 << 20
 """Longest line :func:`iter_entries_from_stream` accepts (bytes, without the ``"\\n"``)."""
+
+MAX_SIZE_BYTES: Final = (1 << 53) - 1
+"""Largest ``size_bytes`` / ``members_size_bytes``: the largest integer a JSON number holds
+exactly in every reader (a double), 8 PiB, far above S3's 5 TiB object limit."""
+MAX_COUNT: Final = 1 << 32
+"""Largest shard ``count``: a shard of 2**32 members would hold 2 TiB of tar headers alone. A
+``count`` of 2**63 once overflowed ``len(dataset)`` (OverflowError, not a domain error)."""
 
 _MAX_DEPTH: Final = 512
 """Deepest nesting :func:`validate_entry` accepts in a value (the reader's limit is ~900)."""
@@ -89,11 +100,12 @@ def _show(value: Any) -> str:
 
 
 # Field rules: one code per known field of each kind; fields not listed are kept unchecked.
-_NONEMPTY_STR, _STR, _UINT, _OBJECT, _TAR, _COMPRESSION = range(6)
+_NONEMPTY_STR, _STR, _UINT, _OBJECT, _TAR, _COMPRESSION, _COUNT = range(7)
 _RULE_TEXT: Final = {
     _NONEMPTY_STR: "a non-empty string",
     _STR: "a string",
-    _UINT: "an integer >= 0",
+    _UINT: f"an integer >= 0 and <= {MAX_SIZE_BYTES}",
+    _COUNT: f"an integer >= 0 and <= {MAX_COUNT}",
     _OBJECT: "a JSON object",
     _TAR: "'tar'",
     _COMPRESSION: "null, 'gzip' or 'none'",
@@ -114,7 +126,7 @@ _SHARD_RULES: Final = {
     "format": _TAR,
     "compression": _COMPRESSION,
     "internal_manifest_path": _STR,
-    "count": _UINT,
+    "count": _COUNT,
     "size_bytes": _UINT,
     "members_size_bytes": _UINT,
     "etag": _STR,
@@ -147,8 +159,9 @@ def _check_fields(entry: dict[str, Any]) -> str | None:
             continue
         if rule == _STR:
             ok = isinstance(value, str)
-        elif rule == _UINT:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif rule in (_UINT, _COUNT):
+            top = MAX_COUNT if rule == _COUNT else MAX_SIZE_BYTES
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
         elif rule == _NONEMPTY_STR:
             ok = isinstance(value, str) and value != ""
         elif rule == _OBJECT:

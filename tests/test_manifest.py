@@ -465,7 +465,7 @@ _json_values = st.recursive(
     max_leaves=12,
 )
 _key = _any_text.filter(bool)
-_uint = st.integers(0, 2**70)
+_uint = st.integers(0, 2**32)  # within MAX_COUNT and MAX_SIZE_BYTES (issue 10, item 8)
 _KNOWN = (
     {"kind", "key", "id", "meta", "size_bytes", "etag", "sha256", "content_type"}
     | {"archive_key", "member_path", "format", "compression", "internal_manifest_path", "count"}

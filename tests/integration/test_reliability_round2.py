@@ -204,3 +204,24 @@ def test_a_root_or_empty_prefix_deletes_nothing_without_allow_all(
     assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == [
         "other/c.bin"
     ]
+
+
+# -- 8. counts and sizes within sane bounds ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("count", 2**63), ("size_bytes", 2**64), ("members_size_bytes", 2**53)]
+)
+def test_a_huge_count_or_size_is_an_invalid_manifest_line(
+    store: S3ExchangeStore, s3_client: S3Client, bucket: str, field: str, value: int
+) -> None:
+    shard = store.put_shard_archive("s.tar", [{"source": b"x", "member_path": "x.bin"}]).entry
+    lines = [json.dumps({**shard, "archive_key": f"s{i}.tar"}) for i in range(2)]
+    lines.append(json.dumps({**shard, field: value}))
+    s3_client.put_object(Bucket=bucket, Key="m.jsonl", Body="\n".join(lines).encode())
+    with pytest.raises(InvalidManifestError, match=rf"'m\.jsonl' line 3: field '{field}'") as e:
+        list(store.iter_manifest_entries("m.jsonl"))
+    assert (e.value.key, e.value.line) == ("m.jsonl", 3)
+    torch_dataset = pytest.importorskip("s3exchange_torch")
+    with pytest.raises(InvalidManifestError, match=rf"line 3: field '{field}'"):
+        len(torch_dataset.S3ExchangeIterableDataset(store, "m.jsonl").resolve())
