@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr
@@ -65,6 +68,7 @@ class S3Settings(BaseSettings):
             secret: SecretStr | None = getattr(self, name)
             if secret is not None:
                 kwargs[name] = secret.get_secret_value()
+        redact_secrets_in_logs(kwargs.get(name, "") for name in _SECRET_NAMES)
         return kwargs
 
     def create_client(self) -> S3Client:
@@ -73,3 +77,50 @@ class S3Settings(BaseSettings):
 
         client: S3Client = boto3.client("s3", **self.client_kwargs())
         return client
+
+
+# -- secrets out of botocore's DEBUG logs ------------------------------------------------------
+
+_SECRET_NAMES = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+_LOGGERS = ("botocore.endpoint", "botocore.auth", "botocore.hooks", "botocore.parsers")
+"""Where botocore writes requests at DEBUG: ``endpoint`` dumps the signed headers (session
+token, ``Credential=<access key id>``), ``auth`` the canonical request (the token again)."""
+_SECRET_FIELDS = re.compile(
+    r"(?i)((?:x-amz-security-token|credential)['\"]?\s*[:=]\s*b?['\"]?)([^'\"\s,}&/%]+)"
+)
+_REDACTED = "<redacted>"
+
+
+class _RedactSecrets(logging.Filter):
+    """Rewrites a record whose text holds a credential: the token and key id header fields by
+    pattern (credentials botocore found itself too), and every secret the settings handed out
+    by value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record is logging's own problem to report
+            return True
+        clean = _SECRET_FIELDS.sub(lambda m: m.group(1) + _REDACTED, text)
+        for secret in self.secrets:
+            clean = clean.replace(secret, _REDACTED)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+_FILTER = _RedactSecrets()
+
+
+def redact_secrets_in_logs(secrets: Iterable[str] = ()) -> None:
+    """Keep credentials out of botocore's DEBUG logs (filters run only for enabled levels, so
+    this costs nothing otherwise). Idempotent; ``secrets`` are added to those redacted."""
+    _FILTER.secrets.update(s for s in secrets if len(s) >= 4)
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import pickle
 import re
 import tarfile
 from pathlib import Path
@@ -21,6 +23,7 @@ from s3exchange import (
     ObjectChangedError,
     ObjectNotFoundError,
     S3ExchangeStore,
+    S3Settings,
     ShardItem,
     ShardReadError,
 )
@@ -225,3 +228,33 @@ def test_a_huge_count_or_size_is_an_invalid_manifest_line(
     torch_dataset = pytest.importorskip("s3exchange_torch")
     with pytest.raises(InvalidManifestError, match=rf"line 3: field '{field}'"):
         len(torch_dataset.S3ExchangeIterableDataset(store, "m.jsonl").resolve())
+
+
+# -- 13. no credential in botocore's DEBUG logs --------------------------------------------------
+
+
+def test_debug_logs_hold_no_credential(
+    moto_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    secrets = {
+        "aws_access_key_id": "AKIDR2LOGTEST0001",
+        "aws_secret_access_key": "secret-R2-log-test-0002",
+        "aws_session_token": "token-R2-log-test+0003/ab==",
+    }
+    settings = S3Settings(
+        endpoint_url=moto_server.s3.endpoint_url,
+        region=moto_server.s3.region,
+        bucket="r2-logs",
+        **secrets,  # type: ignore[arg-type]
+    )
+    with caplog.at_level(logging.DEBUG):
+        store = S3ExchangeStore.from_settings(settings)
+        store.s3_client.create_bucket(Bucket="r2-logs")
+        store.put_object("a.bin", b"x")
+        assert store.get_object("a.bin").read() == b"x"
+        pickle.loads(pickle.dumps(store)).get_object("a.bin").read()
+    assert "Authorization" in caplog.text  # botocore did dump the signed request
+    assert "<redacted>" in caplog.text
+    for secret in secrets.values():
+        assert secret not in caplog.text
+    assert "token-R2-log" not in caplog.text
