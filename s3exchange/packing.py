@@ -268,22 +268,31 @@ def _raise(error: OSError) -> None:
     raise error
 
 
+def _unreadable(error: OSError) -> PackError:
+    """One line naming the path, for any file-system error on the source side."""
+    where = error.filename if error.filename is not None else "the source directory"
+    return PackError(f"cannot read {os.fspath(where)!r}: {error.strerror or error}")
+
+
 def scan_directory(src_dir: str | os.PathLike[str]) -> list[SourceFile]:
     """Every regular file under ``src_dir`` (symlinks to files included), sorted by member path.
 
-    Unreadable directories raise instead of being skipped.
+    Unreadable directories raise PackError naming them instead of being skipped.
     """
     root = Path(src_dir)
     if not root.is_dir():
         raise PackError(f"{os.fspath(src_dir)!r} is not a directory")
     found: list[SourceFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
-        dirnames.sort()
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.isfile(path):
-                member = Path(path).relative_to(root).as_posix()
-                found.append(SourceFile(path, member, os.path.getsize(path)))
+    try:
+        for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
+            dirnames.sort()
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if os.path.isfile(path):
+                    member = Path(path).relative_to(root).as_posix()
+                    found.append(SourceFile(path, member, os.path.getsize(path)))
+    except OSError as exc:
+        raise _unreadable(exc) from None
     found.sort(key=lambda f: f.member_path)
     return found
 
@@ -341,9 +350,12 @@ def _content_problem(member: FileEntry, source: SourceFile) -> str | None:
         recorded = member.get(field)
         if isinstance(recorded, str):
             digest = new_digest(field)
-            with open(source.path, "rb") as f:
-                while block := f.read(1 << 20):
-                    digest.update(block)
+            try:
+                with open(source.path, "rb") as f:
+                    while block := f.read(1 << 20):
+                        digest.update(block)
+            except OSError as exc:
+                raise _unreadable(exc) from None
             if hexdigest(digest) == recorded:
                 return None
             return f"holds other bytes than {source.path} ({field} differs)"

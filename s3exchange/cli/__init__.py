@@ -12,7 +12,8 @@ Exit codes:
 ==== =====================================================================================
 0    success
 1    ``verify`` found problems (listed on stdout)
-2    usage error, invalid settings, or refused (``rm`` without ``--yes`` and no terminal)
+2    usage error, invalid settings, an unreadable local file or directory, or refused
+     (``rm`` without ``--yes`` and no terminal)
 3    not found: object, manifest or shard member
 4    invalid manifest, shard or input data (bad JSONL line, corrupt archive, checksum)
 5    access denied or missing / rejected credentials
@@ -56,7 +57,7 @@ EPILOG = """\
 exit codes:
   0  success                          5  access denied / bad or missing credentials
   1  verify found problems            6  other storage error (endpoint, upload, delete)
-  2  usage error or refused           7  conflict (pack: source or options changed)
+  2  usage, unreadable file, refused  7  conflict (pack: source or options changed)
   3  not found                      130  interrupted
   4  invalid manifest/shard/data    141  stdout closed early
 
@@ -213,7 +214,8 @@ def exit_code(error: BaseException) -> ExitCode | None:
     from pydantic import ValidationError
 
     codes: list[tuple[type[BaseException] | tuple[type[BaseException], ...], ExitCode]] = [
-        ((PackError, InvalidKeyError, ValidationError), ExitCode.USAGE),
+        # OSError: a local file or directory (storage failures arrive as StorageError)
+        ((PackError, InvalidKeyError, ValidationError, OSError), ExitCode.USAGE),
         (ObjectNotFoundError, ExitCode.NOT_FOUND),
         ((InvalidManifestError, ShardReadError, ShardWriteError, IntegrityError), ExitCode.INVALID),
         (AccessDeniedError, ExitCode.DENIED),

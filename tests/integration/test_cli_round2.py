@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,44 @@ def test_rm_manifest_of_an_expanded_manifest_shows_and_asks_about_the_archive(
 def test_cat_of_a_missing_key_with_a_newline_names_it(cli: Cli) -> None:
     err = cli.fails(EXIT_NOT_FOUND, "cat", "dir/missing\nkey.bin")
     assert "object not found: 'dir/missing\\nkey.bin'" in err
+
+
+# -- 10. a file-system error is one line naming the path ----------------------------------------
+
+
+def _as_unprivileged(cli: Cli, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the command where file modes apply: root keeps them by dropping its DAC bypass."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: file modes cannot be enforced")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "s3exchange", *args],
+        env=cli.env,
+        cwd=cli.cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_pack_of_an_unreadable_subdirectory_is_one_line_naming_it(
+    cli: Cli, tmp_path: Path, s3_client: S3Client, bucket: str
+) -> None:
+    src = tmp_path / "src"
+    locked = src / "b" / "locked"
+    locked.mkdir(parents=True)
+    (src / "a.bin").write_bytes(b"a")
+    (locked / "c.bin").write_bytes(b"c")
+    locked.chmod(0)
+    try:
+        result = _as_unprivileged(cli, "pack", str(src), "m.jsonl")
+    finally:
+        locked.chmod(0o755)
+    err = result.stderr.decode()
+    assert result.returncode == EXIT_USAGE, err
+    assert err == f"s3exchange: error: cannot read {str(locked)!r}: Permission denied\n"
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket)
