@@ -85,7 +85,7 @@ QUICK = Sizes(
 
 
 def machine_info() -> dict[str, Any]:
-    """What the figures were measured on: cores, CPU model, memory and library versions."""
+    """What the figures were measured on: cores, CPU model, memory, GPUs, library versions."""
     cpu = platform.processor() or "unknown"
     memory = None
     try:
@@ -118,10 +118,20 @@ def machine_info() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "cpu_model": cpu,
         "memory_bytes": memory,
+        "gpus": _gpus(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
     }
+
+
+def _gpus() -> list[str]:
+    """Names of the CUDA devices torch sees (none without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
 
 
 def sizes_dict(sizes: Sizes) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Profile our reader with py-spy: where CPU time goes, per thread role and per cost category.
 
-``python -m benchmarks.profiling --scenario shards|loose [--ttfb-ms 0] [--set key=value ...]``
+``python -m benchmarks.profiling --scenario shards|loose [--workers 2] [--set key=value ...]``
 
 Starts SeaweedFS, writes the scenario's data (full sizes unless ``--quick``), runs the ``ours``
-reader of :mod:`benchmarks.readers` under ``py-spy record --subprocesses --threads`` (the
-DataLoader workers are forked, so they are sampled too) and sorts every on-CPU sample:
+reader of :mod:`benchmarks.readers` (``--set reader=loader``: the ``S3ExchangeLoader``) under
+``py-spy record --subprocesses --threads`` (the workers are forked, so they are sampled too)
+and sorts every on-CPU sample:
 
 - by *role*: the main process's main thread (receives batches), a worker's main thread
   (shuffle buffer, batching, hands batches to the feeder), a worker's feeder thread (pickles
@@ -61,6 +62,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shuffle buffer", ("s3exchange_torch/shuffle.py",)),
     ("prefetch: thread hand-offs (queues, futures)", ("s3exchange_torch/prefetch.py",)),
     ("thread sync (locks, conditions, queues)", ("threading.py", "queue.py", "concurrent/")),
+    ("loader: collate into shared memory, rings", ("s3exchange_torch/loader.py", "collate.py")),
     ("DataLoader / dataset glue", ("s3exchange_torch/dataset.py", "torch/utils/data")),
     ("benchmark loop", ("benchmarks/readers.py",)),
 )
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=("shards", "loose"), default="shards")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--ttfb-ms", type=float, default=0.0)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument(
         "--gil",
@@ -199,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="reader option, e.g. shuffle=false, verify=false, batch_size=null, data_only=true",
+        help="reader option, e.g. reader=loader, shuffle=false, verify=false, pack=true, "
+        "batch_size=null, data_only=true",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             "s3": s3,
             "bucket": BUCKET,
             "manifest": data.manifest,
-            "workers": sizes.workers,
+            "workers": args.workers,
             "batch_size": sizes.batch_size,
             **options,
         }

@@ -5,9 +5,11 @@
 would pay for: client creation, manifest read (ours), DataLoader worker start-up, every GET and
 the hand-over of every sample to the main process.
 
-DataLoader readers use ``num_workers=spec["workers"]`` (2), the platform's default start method
-(fork on Linux), ``batch_size=spec["batch_size"]`` and a collate function that only lists the
-samples, so what is measured is data movement, not tensor conversion.
+DataLoader readers use ``num_workers=spec["workers"]`` (``--workers``, 2), the platform's default
+start method (fork on Linux), ``batch_size=spec["batch_size"]`` and a collate function that only
+lists the samples (or ``pack_bytes`` with ``"pack"``), so what is measured is data movement, not
+tensor conversion. With ``spec["device"] == "cuda"`` (the suite's GPU mode) every batch is copied
+to the GPU in the main process before it counts; the first batch's arrival is recorded too.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from s3exchange import S3ExchangeStore
 from s3exchange.shard import write_shard
 from s3exchange.testing.servers import LocalS3
 from s3exchange.types import ShardItem
-from s3exchange_torch import EpochPlan, S3ExchangeIterableDataset, pack_bytes
+from s3exchange_torch import EpochPlan, PackedBatch, S3ExchangeIterableDataset, pack_bytes
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -107,16 +109,77 @@ def _throughput(samples: int, nbytes: int, elapsed: float, **extra: Any) -> Resu
     }
 
 
-def _tally(batches: Iterable[list[Any]], size: Callable[[Any], int | None]) -> tuple[int, int]:
-    """Samples and payload bytes of every batch; ``size`` returns None for a non-sample."""
+def _payload(sample: Any) -> Any:
+    """A sample's data (``bytes`` or tensor), whatever the reader yields; None for a non-sample.
+
+    Ours yields ``(data, entry)``, webdataset a dict whose ``bin`` holds the member (its dict for
+    our internal manifest has none), the GET loops and s3torchconnector plain ``bytes``.
+    """
+    if isinstance(sample, tuple):
+        return sample[0]
+    if isinstance(sample, dict):
+        return sample.get("bin")
+    return sample
+
+
+def _device(spec: Spec) -> torch.device | None:
+    """Where batches are copied (``spec["device"]``); None keeps them in host memory."""
+    name = spec.get("device") or "cpu"
+    if name == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _to_device(datas: list[Any], device: torch.device) -> None:
+    """Copy one batch of samples to ``device`` as one contiguous uint8 tensor, as a user would."""
+    if all(isinstance(data, torch.Tensor) for data in datas):
+        torch.cat([data.reshape(-1).view(torch.uint8) for data in datas]).to(device)
+    else:
+        joined = bytearray().join(datas)
+        torch.frombuffer(joined, dtype=torch.uint8).to(device)
+
+
+def _consume(batches: Iterable[Any], spec: Spec, began: float, **extra: Any) -> Result:
+    """Count every batch's samples and payload bytes, in GPU mode after copying it to the GPU.
+
+    ``first_batch_s`` is when the first batch was in hand (on the device, in GPU mode), from
+    ``began``; a :class:`PackedBatch` (``pack_bytes``, the loader) moves as its one tensor.
+    """
+    device = _device(spec)
     samples = nbytes = 0
+    first: float | None = None
     for batch in batches:
-        for sample in batch:
-            length = size(sample)
-            if length is not None:
-                samples += 1
-                nbytes += length
-    return samples, nbytes
+        if isinstance(batch, PackedBatch):
+            count, size = len(batch), batch.offsets[-1]
+            if device is not None:
+                batch.data[:size].to(device)
+        else:
+            datas = [data for data in map(_payload, batch) if data is not None]
+            count, size = len(datas), sum(len(data) for data in datas)
+            if device is not None and datas:
+                _to_device(datas, device)
+        del batch  # a loader's batch is a view of its ring: let the worker reuse it
+        samples += count
+        nbytes += size
+        if first is None and count:
+            _sync(device)
+            first = time.perf_counter() - began
+    _sync(device)
+    return _throughput(
+        samples,
+        nbytes,
+        time.perf_counter() - began,
+        first_batch_s=first,
+        device=str(device or "cpu"),
+        **extra,
+    )
 
 
 def _vm_hwm() -> int | None:
@@ -209,18 +272,35 @@ def _ours_dataset(spec: Spec, store: S3ExchangeStore) -> S3ExchangeIterableDatas
     return dataset.resolve()  # before forking workers, as the dataset's docs advise
 
 
-def _sample_size(sample: Any) -> int:
-    if isinstance(sample, bytes | torch.Tensor):
-        return len(sample)
-    return len(sample[0])
-
-
 def ours(spec: Spec) -> Result:
-    """S3ExchangeIterableDataset over a manifest of shards or loose files."""
+    """S3ExchangeIterableDataset over a manifest of shards or loose files, in a DataLoader."""
     began = time.perf_counter()
     dataset = _ours_dataset(spec, _store(spec))
-    samples, nbytes = _tally(_loader(dataset, spec), _sample_size)
-    return _throughput(samples, nbytes, time.perf_counter() - began)
+    return _consume(_loader(dataset, spec), spec, began)
+
+
+def loader(spec: Spec) -> Result:
+    """``S3ExchangeLoader`` (batches through shared-memory rings, copied to ``device`` by it).
+
+    Skipped, with the reason, where this ``s3exchange_torch`` has no loader yet.
+    """
+    try:
+        from s3exchange_torch import S3ExchangeLoader  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:
+        return {"skipped": f"not available: {exc}"}
+    began = time.perf_counter()
+    dataset = _ours_dataset(spec, _store(spec))
+    device = _device(spec)
+    with S3ExchangeLoader(
+        dataset,
+        batch_size=int(spec.get("batch_size", 32)),
+        num_workers=int(spec.get("workers", 2)),
+        device=device,
+        drop_last=False,
+        prefetch_batches=2,
+    ) as batches:
+        epochs = chain.from_iterable(batches for _ in range(int(spec.get("epochs", 1))))
+        return _consume(epochs, spec, began)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,8 +373,7 @@ def _wds_size(sample: dict[str, Any]) -> int | None:
 def webdataset(spec: Spec) -> Result:
     """``webdataset.WebDataset`` over ``s3://`` URLs opened by :func:`gopen_s3`."""
     began = time.perf_counter()
-    samples, nbytes = _tally(_loader(_wds_dataset(spec), spec), _wds_size)
-    return _throughput(samples, nbytes, time.perf_counter() - began)
+    return _consume(_loader(_wds_dataset(spec), spec), spec, began)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,14 +399,19 @@ class _WholeShards(IterableDataset[tuple[int, int]]):
 
 
 def raw_shards(spec: Spec) -> Result:
-    """The ceiling: whole-shard GETs read to the end, one small item per shard to the main."""
+    """The ceiling: whole-shard GETs read to the end, one small item per shard to the main.
+
+    Nothing to copy to a GPU: only counts cross to the main process.
+    """
     began = time.perf_counter()
     dataset = _WholeShards(_s3(spec), spec["bucket"], spec["archive_keys"], spec["members"])
     samples = nbytes = 0
+    first: float | None = None
     for [(members, size)] in _loader(dataset, spec, batched=False):
         samples += members
         nbytes += size
-    return _throughput(samples, nbytes, time.perf_counter() - began)
+        first = time.perf_counter() - began if first is None else first
+    return _throughput(samples, nbytes, time.perf_counter() - began, first_batch_s=first)
 
 
 class _SequentialGets(IterableDataset[bytes]):
@@ -348,8 +432,7 @@ def sequential_gets(spec: Spec) -> Result:
     began = time.perf_counter()
     keys = loose_keys(spec["prefix"], spec["count"])
     dataset = _SequentialGets(_s3(spec), spec["bucket"], keys)
-    samples, nbytes = _tally(_loader(dataset, spec), len)
-    return _throughput(samples, nbytes, time.perf_counter() - began)
+    return _consume(_loader(dataset, spec), spec, began)
 
 
 class _InMemorySamples(IterableDataset[tuple[bytes, dict[str, Any]]]):
@@ -369,11 +452,13 @@ class _InMemorySamples(IterableDataset[tuple[bytes, dict[str, Any]]]):
 
 
 def dataloader_only(spec: Spec) -> Result:
-    """The DataLoader's own ceiling: samples made in the workers, no S3, same hand-over."""
+    """The DataLoader's own ceiling: samples made in the workers, no S3, same hand-over.
+
+    With ``"pack"`` the batches cross as ``pack_bytes`` tensors: the packed ceiling.
+    """
     began = time.perf_counter()
     dataset = _InMemorySamples(int(spec["samples"]), int(spec["sample_bytes"]))
-    samples, nbytes = _tally(_loader(dataset, spec), _sample_size)
-    return _throughput(samples, nbytes, time.perf_counter() - began)
+    return _consume(_loader(dataset, spec), spec, began)
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,8 +491,7 @@ def s3torchconnector(spec: Spec) -> Result:
         s3client_config=S3ClientConfig(force_path_style=True, max_attempts=2),
         enable_sharding=True,  # otherwise every worker reads every object
     )
-    samples, nbytes = _tally(_loader(dataset, spec), len)
-    return _throughput(samples, nbytes, time.perf_counter() - began)
+    return _consume(_loader(dataset, spec), spec, began)
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,6 +644,7 @@ def plan(spec: Spec) -> Result:
 
 READERS: dict[str, Callable[[Spec], Result]] = {
     "ours": ours,
+    "loader": loader,
     "webdataset": webdataset,
     "raw_shards": raw_shards,
     "sequential_gets": sequential_gets,

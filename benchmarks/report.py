@@ -7,30 +7,36 @@ from typing import Any
 
 from benchmarks.common import MIB
 
-_COLUMNS = ("scenario", "reader / figure", "samples/s", "MB/s", "other", "ok", "ratio", "target")
-_RATIO_LABELS = {
-    "ours_vs_webdataset_samples": "ours / webdataset (samples/s)",
-    "ours_no_shuffle_vs_webdataset_samples": "ours_no_shuffle / webdataset (samples/s)",
-    "ours_vs_raw_bytes": "ours / raw (MB/s)",
-    "ours_no_shuffle_vs_raw_bytes": "ours_no_shuffle / raw (MB/s)",
-    "ours_packed_vs_webdataset_samples": "ours_packed / webdataset (samples/s)",
-    "ours_packed_vs_raw_bytes": "ours_packed / raw (MB/s)",
-    "ours_vs_dataloader_only_samples": "ours / DataLoader-only ceiling (samples/s)",
-    "webdataset_vs_dataloader_only_samples": "webdataset / DataLoader-only ceiling (samples/s)",
-    "ours_vs_sequential_samples": "ours / sequential (samples/s)",
-    "ours_vs_s3torchconnector_samples": "ours / s3torchconnector (samples/s)",
+_COLUMNS = (
+    "scenario",
+    "reader / figure",
+    "samples/s",
+    "MB/s",
+    "of raw GET",
+    "1st batch s",
+    "other",
+    "ok",
+    "ratio",
+    "target",
+)
+_RIGHT = {2, 3, 4, 5, 8}
+_THROUGHPUT = ("shards", "shards_ttfb", "loose", "loose_ttfb", "write")
+_NAMES = {
+    "raw": "raw GET",
+    "dataloader_only": "DataLoader alone (list)",
+    "dataloader_only_packed": "DataLoader alone (pack_bytes)",
 }
-# which target judges which ratio of which scenario
-_RATIO_TARGETS = {
-    ("shards", "ours_vs_webdataset_samples"): "shards_vs_webdataset",
-    ("shards", "ours_vs_raw_bytes"): "shards_vs_raw_get",
-    ("shards_ttfb", "ours_vs_webdataset_samples"): "shards_ttfb_vs_webdataset",
-    ("loose", "ours_vs_sequential_samples"): "loose_vs_sequential",
-    ("loose", "ours_vs_s3torchconnector_samples"): "loose_vs_s3torchconnector",
-    ("loose_ttfb", "ours_vs_sequential_samples"): "loose_ttfb_vs_sequential",
-    ("loose_ttfb", "ours_vs_s3torchconnector_samples"): "loose_ttfb_vs_s3torchconnector",
-    ("write", "ours_vs_raw_bytes"): "write_vs_raw_multipart",
-}
+_METRICS = {"samples": "samples/s", "bytes": "MB/s", "first_batch": "time to first batch"}
+
+
+def ratio_label(key: str) -> str:
+    """``loader_vs_raw_bytes`` -> ``loader / raw GET (MB/s)``."""
+    reader, _, rest = key.partition("_vs_")
+    for metric, shown in _METRICS.items():
+        if rest.endswith("_" + metric):
+            baseline = rest.removesuffix("_" + metric)
+            return f"{_NAMES.get(reader, reader)} / {_NAMES.get(baseline, baseline)} ({shown})"
+    return key
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -48,7 +54,11 @@ def _target_text(target: dict[str, Any] | None) -> str:
 
 
 def _status(target: dict[str, Any] | None) -> str:
-    return "" if target is None else target["status"]
+    if target is None:
+        return ""
+    if target.get("min_workers"):  # a GPU-node target: say so, judged or not
+        return f"{target['status']} (GPU node, {target['min_workers']}+ workers)"
+    return str(target["status"])
 
 
 def _row(
@@ -57,13 +67,26 @@ def _row(
     *,
     sps: str = "",
     mbps: str = "",
+    raw: str = "",
+    first: str = "",
     other: str = "",
     ok: str = "",
     ratio: str = "",
-    target: dict[str, Any] | None = None,
+    targets: list[dict[str, Any]] | None = None,
 ) -> tuple[str, ...]:
-    judged = f"{_target_text(target)} {_status(target)}".strip()
-    return (scenario, label, sps, mbps, other, ok, ratio, judged)
+    judged = "; ".join(
+        f"{_target_text(target)} {_status(target)}".strip() for target in targets or []
+    )
+    return (scenario, label, sps, mbps, raw, first, other, ok, ratio, judged)
+
+
+def _problem(reader: dict[str, Any]) -> str:
+    """Why a reader has no figures: skipped (not available) or an error."""
+    if reader["ok_rounds"]:
+        return ""
+    if reader.get("skipped"):
+        return str(reader["skipped"])
+    return "ERROR (see JSON)"
 
 
 def _mib(value: Any) -> str:
@@ -72,9 +95,13 @@ def _mib(value: Any) -> str:
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     targets = {t["name"]: t for t in results.get("targets", [])}
+    by_ratio: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for target in targets.values():
+        if target.get("ratio"):
+            by_ratio.setdefault((target["scenario"], target["ratio"]), []).append(target)
     rows: list[tuple[str, ...]] = []
     for name, scenario in results.get("scenarios", {}).items():
-        if name in ("shards", "shards_ttfb", "loose", "loose_ttfb", "write"):
+        if name in _THROUGHPUT:
             for label, reader in scenario["readers"].items():
                 rows.append(
                     _row(
@@ -82,7 +109,9 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                         label,
                         sps=_num(reader["samples_per_s"], 0),
                         mbps=_num(reader["mb_per_s"]),
-                        other="ERROR (see JSON)" if reader["ok_rounds"] == 0 else "",
+                        raw=_num(reader.get("raw_get_fraction"), 3),
+                        first=_num(reader.get("first_batch_s"), 3),
+                        other=_problem(reader),
                         ok=f"{reader['ok_rounds']}/{len(reader['rounds'])}",
                     )
                 )
@@ -90,9 +119,9 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 rows.append(
                     _row(
                         name,
-                        f"  {_RATIO_LABELS.get(key, key)}",
+                        f"  {ratio_label(key)}",
                         ratio="n/a" if value is None else f"{value:.2f}x",
-                        target=targets.get(_RATIO_TARGETS.get((name, key), "")),
+                        targets=by_ratio.get((name, key)),
                     )
                 )
         elif name == "memory":
@@ -113,7 +142,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                     name,
                     "  ours, largest shard",
                     other=f"RSS +{_mib(scenario.get('rss_growth_large'))} MiB",
-                    target=targets.get("memory_1gib_rss"),
+                    targets=[targets["memory_1gib_rss"]],
                 )
             )
         elif name == "manifest":
@@ -124,7 +153,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                     other=f"{_num(scenario.get('entries_per_s'), 0)} entries/s, "
                     f"RSS +{_mib(scenario.get('rss_growth'))} MiB",
                     ok=str(scenario["readers"]["iter_manifest_entries"]["ok_rounds"]),
-                    target=targets.get("manifest_entries_per_s"),
+                    targets=[targets["manifest_entries_per_s"]],
                 )
             )
         elif name == "plan":
@@ -136,7 +165,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                     other=f"{_num(scenario.get('elapsed_s'), 3)} s "
                     f"(build {_num(scenario.get('build_s'), 3)} s)",
                     ok=str(scenario["readers"]["epoch_plan"]["ok_rounds"]),
-                    target=targets.get("plan_seconds"),
+                    targets=[targets["plan_seconds"]],
                 )
             )
     return rows
@@ -146,11 +175,10 @@ def table(results: dict[str, Any]) -> str:
     """Medians, ratios and PASS/FAIL per target, as aligned text."""
     rows = [_COLUMNS, *_rows(results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    right = {2, 3, 6}
     lines = []
     for index, row in enumerate(rows):
         cells = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            cell.rjust(widths[i]) if i in _RIGHT else cell.ljust(widths[i])
             for i, cell in enumerate(row)
         ]
         lines.append("  ".join(cells).rstrip())
@@ -160,13 +188,24 @@ def table(results: dict[str, Any]) -> str:
     memory = machine.get("memory_bytes")
     header = (
         f"machine: {machine.get('nproc')} cores, {machine.get('cpu_model')}, "
-        f"{_num(None if memory is None else memory / 2**30)} GiB; "
+        f"{_num(None if memory is None else memory / 2**30)} GiB, "
+        f"GPUs: {', '.join(machine.get('gpus') or []) or 'none'}; "
+        f"{results.get('workers')} workers per reader; batches to "
+        f"{results.get('device', {}).get('used', 'cpu')}; "
         f"TTFB scenarios +{results.get('ttfb_ms', 0):g} ms; "
         f"{'quick' if results.get('quick') else 'full'} run in {results.get('duration_s')} s"
     )
-    passed = [t for t in results.get("targets", []) if t["status"] == "PASS"]
-    judged = [t for t in results.get("targets", []) if t["status"] != "n/a"]
+    all_targets = results.get("targets", [])
+    passed = [t for t in all_targets if t["status"] == "PASS"]
+    judged = [t for t in all_targets if t["status"] != "n/a"]
+    by_workers = [t for t in all_targets if t.get("note")]
+    unmeasured = len(all_targets) - len(judged) - len(by_workers)
     footer = f"targets: {len(passed)}/{len(judged)} PASS"
+    if by_workers:
+        least = min(t["min_workers"] for t in by_workers)
+        footer += f"; {len(by_workers)} GPU-node targets judged only with --workers >= {least}"
+    if unmeasured:
+        footer += f"; {unmeasured} not measured in this run"
     return "\n".join([header, *lines, footer])
 
 
@@ -203,7 +242,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     machine = results.get("machine", {})
     ax.set_title(
         f"s3exchange benchmark targets ({kind} run, {machine.get('nproc')} cores, "
-        f"SeaweedFS on 127.0.0.1)",
+        f"{results.get('workers')} workers, batches to "
+        f"{results.get('device', {}).get('used', 'cpu')}, SeaweedFS on 127.0.0.1)",
         fontsize=10,
     )
     ax.tick_params(axis="y", labelsize=8)

