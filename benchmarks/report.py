@@ -235,13 +235,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
                 va="center",
                 fontsize=8,
             )
-        right = max(max(margins) * 3, 2.0)
+        right = max(max(margins) * 8, 2.0)  # room for the label of the longest bar
         ax.set_xlim(min(min(margins) / 1.5, 0.5), right)
     ax.set_xlabel("measured / target (log scale; > 1 passes)")
     kind = "quick" if results.get("quick") else "full"
     machine = results.get("machine", {})
     ax.set_title(
-        f"s3exchange benchmark targets ({kind} run, {machine.get('nproc')} cores, "
+        f"s3exchange benchmark targets ({kind} run, {machine.get('nproc')} cores,\n"
         f"{results.get('workers')} workers, batches to "
         f"{results.get('device', {}).get('used', 'cpu')}, SeaweedFS on 127.0.0.1)",
         fontsize=10,
