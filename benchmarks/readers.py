@@ -285,7 +285,7 @@ def loader(spec: Spec) -> Result:
     Skipped, with the reason, where this ``s3exchange_torch`` has no loader yet.
     """
     try:
-        from s3exchange_torch import S3ExchangeLoader  # type: ignore[attr-defined,unused-ignore]
+        from s3exchange_torch import S3ExchangeLoader
     except ImportError as exc:
         return {"skipped": f"not available: {exc}"}
     began = time.perf_counter()
