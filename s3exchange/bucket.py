@@ -19,13 +19,14 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from .body import OpenedBody
+from .body import ObjectStream, OpenedBody, RetryPolicy
 from .errors import (
     AccessDeniedError,
     ObjectChangedError,
     ObjectNotFoundError,
     StorageError,
 )
+from .fastget import FastGetter
 from .keys import KeySpace
 from .types import DeleteFailure, ListedObject
 
@@ -40,8 +41,19 @@ NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
 CONFLICT_CODES = frozenset({"ConditionalRequestConflict", "409", "OperationAborted"})
 DENIED_CODES = frozenset(
-    {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+    {
+        "AccessDenied",
+        "403",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",  # a session token that is malformed or not the one issued
+    }
 )
+REDIRECT_CODES = frozenset(
+    {"PermanentRedirect", "TemporaryRedirect", "301", "307", "AuthorizationHeaderMalformed"}
+)
+"""Answers to a request sent to the wrong region: botocore's redirector knows what to do."""
 DELETE_BATCH = 1000
 
 
@@ -147,18 +159,22 @@ def _warm_loader() -> Any:
 class Bucket:
     """One bucket through a :class:`KeySpace`; methods take logical keys."""
 
+    _fast: FastGetter | None
+
     def __init__(self, client: S3Client, name: str, keyspace: KeySpace) -> None:
         self.name = name
         self.keyspace = keyspace
         self._client: S3Client | None = client
         self._factory = ClientFactory.from_client(client)
         self._pid = os.getpid()
+        self._fast_init()
 
     @classmethod
     def from_factory(cls, factory: ClientFactory, name: str, keyspace: KeySpace) -> Bucket:
         bucket = cls.__new__(cls)
         bucket.name, bucket.keyspace, bucket._factory = name, keyspace, factory
         bucket._client, bucket._pid = None, os.getpid()
+        bucket._fast_init()
         return bucket
 
     @property
@@ -175,6 +191,7 @@ class Bucket:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.name, self.keyspace = state["name"], state["keyspace"]
         self._factory, self._client, self._pid = state["factory"], None, os.getpid()
+        self._fast_init()
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r}, base_prefix={self.keyspace.base_prefix!r})"
@@ -206,6 +223,44 @@ class Bucket:
             content_type=response.get("ContentType"),
             metadata=dict(response.get("Metadata") or {}),
         )
+
+    def read_object(
+        self, key: str, *, retry: RetryPolicy | None = None
+    ) -> tuple[bytes, str | None]:
+        """The whole object and its ETag in one GET, for many small objects.
+
+        Goes through :class:`~s3exchange.fastget.FastGetter` (~10x less client CPU than
+        botocore per 16 KiB GET) where it can honour the client's configuration, else through
+        botocore; either way a body that breaks is resumed under ``retry`` and errors are
+        translated as for :meth:`open`.
+        """
+        fast = self._fast_getter()
+        if fast is not None:
+            try:
+                return fast.read(key, self.keyspace.physical(key), retry)
+            except ClientError as exc:
+                if error_code(exc) not in REDIRECT_CODES:
+                    raise translate(exc, key, "GetObject") from exc
+                log.debug("fast GET of %r redirected (%s); using botocore", key, error_code(exc))
+                self._fast = None  # botocore's redirector learns the bucket's region
+            except BotoCoreError as exc:
+                raise translate(exc, key, "GetObject") from exc
+        with ObjectStream(key, lambda o, e: self.open(key, o, e), retry=retry) as stream:
+            return stream.read(), stream.etag
+
+    def _fast_init(self) -> None:
+        self._fast = None
+        self._fast_pid = -1  # the process _fast was built in; -1: not decided yet
+
+    def _fast_getter(self) -> FastGetter | None:
+        """This process's fast GET path for this bucket, or None to use botocore.
+
+        Decided once per process, like :attr:`client` (two threads may both decide: harmless).
+        """
+        if self._fast_pid != os.getpid():
+            self._fast = FastGetter.for_client(self.client, self.name)
+            self._fast_pid = os.getpid()
+        return self._fast
 
     def read_bytes(self, key: str) -> tuple[bytes, str | None]:
         """The whole (small) object and its ETag, e.g. a root manifest about to be replaced."""
