@@ -17,6 +17,7 @@ from .errors import (
     ShardReadError,
 )
 from .keys import KeySpace, split_virtual_key
+from .manifest import walk_graph
 from .types import DeleteFailure, DeleteReport, ManifestEntry
 
 log = logging.getLogger(__name__)
@@ -108,13 +109,11 @@ class _Targets:
         bucket.append(key)
 
 
-def _walk(read: ManifestReader, key: str, targets: _Targets, path: tuple[str, ...]) -> None:
-    if key in path:
-        raise InvalidManifestError(key, "manifest_ref cycle: " + " -> ".join((*path, key)))
-    targets.add(targets.manifests, key)
-    for entry in read(key):
+def _walk(read: ManifestReader, root: str, targets: _Targets) -> None:
+    targets.add(targets.manifests, root)
+    for _, entry in walk_graph(read, root):
         if entry["kind"] == "manifest_ref":
-            _walk(read, entry["key"], targets, (*path, key))
+            targets.add(targets.manifests, entry["key"])
         elif entry["kind"] == "shard":
             targets.add(targets.archives, entry["archive_key"])
         elif "archive_key" in entry:  # a shard member listed as a file: not its archive
@@ -154,7 +153,7 @@ def plan_delete_manifest(
     is checked against the key rules here, so a bad key stops the plan before any delete.
     """
     targets = _Targets(dedupe)
-    _walk(read, root, targets, ())
+    _walk(read, root, targets)
     kept: list[tuple[str, str]] = []
     whole = set(targets.archives)
     for archive, listed in targets.members.items():

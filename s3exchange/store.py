@@ -15,7 +15,6 @@ from .body import ObjectStream, OpenedBody, RetryPolicy
 from .bucket import Bucket, ClientFactory
 from .errors import (
     IntegrityError,
-    InvalidManifestError,
     ManifestNotFoundError,
     ObjectChangedError,
     ObjectNotFoundError,
@@ -284,21 +283,20 @@ class S3ExchangeStore:
     ) -> Iterator[ManifestEntry]:
         """Entries of a manifest, lazily; ``manifest_ref`` entries are followed depth-first.
 
-        A reference cycle raises InvalidManifestError; a manifest referenced twice without a
-        cycle is read twice, as its author wrote it.
+        Each manifest is read once (see :func:`s3exchange.manifest.walk_graph`): one
+        referenced twice contributes its entries once, at its first reference. A reference
+        cycle, or nesting deeper than ``MAX_REF_DEPTH``, raises InvalidManifestError.
         """
-        return self._iter_entries(self.resolve(manifest_key, vars), resolve_refs, ())
+        return self._iter_entries(self.resolve(manifest_key, vars), resolve_refs)
 
     def _iter_entries(
-        self, key: str, resolve_refs: bool, path: tuple[str, ...]
+        self, key: str | None, resolve_refs: bool, entries: Iterable[ManifestEntry] | None = None
     ) -> Iterator[ManifestEntry]:
-        if key in path:
-            chain = " -> ".join((*path, key))
-            raise InvalidManifestError(key, f"manifest_ref cycle: {chain}")
-        for entry in self._read_manifest(key):
-            if resolve_refs and entry["kind"] == "manifest_ref":
-                yield from self._iter_entries(entry["key"], resolve_refs, (*path, key))
-            else:
+        if not resolve_refs:
+            yield from entries if entries is not None else self._read_manifest(cast(str, key))
+            return
+        for _, entry in manifest.walk_graph(self._read_manifest, key, entries):
+            if entry["kind"] != "manifest_ref":
                 yield entry
 
     def _read_manifest(self, key: str) -> Iterator[ManifestEntry]:
@@ -326,12 +324,8 @@ class S3ExchangeStore:
     def _flatten(
         self, entries: Iterable[ManifestEntry], resolve_refs: bool
     ) -> Iterator[ManifestEntry]:
-        for index, raw in enumerate(entries):
-            entry = manifest.validate_entry(raw, index=index)
-            if resolve_refs and entry["kind"] == "manifest_ref":
-                yield from self._iter_entries(entry["key"], True, ())
-            else:
-                yield entry
+        valid = (manifest.validate_entry(raw, index=i) for i, raw in enumerate(entries))
+        return self._iter_entries(None, resolve_refs, valid)
 
     def write_manifest(
         self,
@@ -716,7 +710,7 @@ class S3ExchangeStore:
             self._bucket,
             src,
             dst,
-            entries=self._iter_entries(src, resolve_refs, ()),
+            entries=self._iter_entries(src, resolve_refs),
             expand=self._shard_files if expand_shards else None,
             part_size=self.part_size,
         )

@@ -109,10 +109,12 @@ def manifest_stats(store: S3ExchangeStore, key: str) -> ManifestStats:
         "total_bytes": 0,
         "entries_without_size": 0,
     }
+    manifests = {stats["manifest_key"]}
     for _, entry in walk_manifest(store, key):
         if entry["kind"] == "manifest_ref":
             stats["refs"] += 1
-            stats["manifests"] += 1
+            manifests.add(entry["key"])  # one referenced twice is read (and counted) once
+            stats["manifests"] = len(manifests)
         elif entry["kind"] == "shard":
             stats["shards"] += 1
             stats["members"] += entry.get("count", 0)

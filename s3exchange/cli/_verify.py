@@ -115,9 +115,11 @@ class Verifier:
         self.bar.advance(n)
 
     def run(self) -> VerifyReport:
+        manifests = {self.root}
         for manifest, entry in walk_manifest(self.store, self.root, self._manifest_error):
             if entry["kind"] == "manifest_ref":
-                self.report["manifests"] += 1
+                manifests.add(entry["key"])  # one referenced twice is read (and counted) once
+                self.report["manifests"] = len(manifests)
             elif entry["kind"] == "shard":
                 self.report["shards"] += 1
                 self.check_shard(manifest, entry)

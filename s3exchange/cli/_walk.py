@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
-from ..errors import InvalidManifestError, ManifestNotFoundError, S3ExchangeError
+from ..manifest import GraphErrorHandler, walk_graph
 
 if TYPE_CHECKING:
     from ..store import S3ExchangeStore
     from ..types import ManifestEntry
 
-ErrorHandler = Callable[[str, S3ExchangeError], None]
+ErrorHandler = GraphErrorHandler
 """``on_error(manifest_key, error)``: record a missing or invalid manifest, or re-raise."""
 
 
@@ -20,28 +20,12 @@ def walk_manifest(
 ) -> Iterator[tuple[str, ManifestEntry]]:
     """``(manifest key, entry)`` for the root and every manifest it references, depth-first.
 
-    ``manifest_ref`` entries are yielded, then followed. Without ``on_error`` a missing or
-    invalid manifest (or a reference cycle) raises; with it, the walk reports it and goes on
-    with the next entry of the referencing manifest.
+    :func:`s3exchange.manifest.walk_graph` over the store, the traversal the library uses:
+    ``manifest_ref`` entries are yielded, then followed, each manifest once. Without
+    ``on_error`` a missing or invalid manifest (or a reference cycle) raises; with it, the
+    walk reports it and goes on with the next entry of the referencing manifest.
     """
-    return _visit(store, store.resolve(root), (), on_error)
 
-
-def _visit(
-    store: S3ExchangeStore, key: str, path: tuple[str, ...], on_error: ErrorHandler | None
-) -> Iterator[tuple[str, ManifestEntry]]:
-    if key in path:
-        cycle = InvalidManifestError(key, "manifest_ref cycle: " + " -> ".join((*path, key)))
-        if on_error is None:
-            raise cycle
-        on_error(key, cycle)
-        return
-    try:
-        for entry in store.iter_manifest_entries(key, resolve_refs=False):
-            yield key, entry
-            if entry["kind"] == "manifest_ref":
-                yield from _visit(store, entry["key"], (*path, key), on_error)
-    except (ManifestNotFoundError, InvalidManifestError) as exc:
-        if on_error is None:
-            raise
-        on_error(key, exc)
+    # keys read from manifests are literal: never resolved as templates
+    for key, entry in walk_graph(store._read_manifest, store.resolve(root), on_error=on_error):
+        yield cast(str, key), entry

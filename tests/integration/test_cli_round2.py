@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from test_cli import EXIT_NOT_FOUND, EXIT_USAGE, Cli, clean_env
+from test_cli import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_PROBLEMS, EXIT_USAGE, Cli, clean_env
 
 from s3exchange import S3ExchangeStore, ShardItem
+from s3exchange.manifest import MAX_REF_DEPTH
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -133,3 +134,33 @@ def test_pack_of_an_unreadable_subdirectory_is_one_line_naming_it(
     assert result.returncode == EXIT_USAGE, err
     assert err == f"s3exchange: error: cannot read {str(locked)!r}: Permission denied\n"
     assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket)
+
+
+# -- 6, 7. the CLI walks the graph as the library does ------------------------------------------
+
+
+def test_stats_verify_and_rm_read_a_diamond_once_and_refuse_a_deep_chain(
+    cli: Cli, store: S3ExchangeStore
+) -> None:
+    for i in range(9):  # each referencing the next twice: 511 reads of m09 when walked naively
+        ref = {"kind": "manifest_ref", "key": f"g/m{i + 1:02d}.jsonl"}
+        store.write_manifest(f"g/m{i:02d}.jsonl", [ref, ref])
+    store.put_object("g/data.bin", b"payload")
+    store.write_manifest("g/m09.jsonl", [{"kind": "file", "key": "g/data.bin"}])
+    stats = cli.json("manifest", "stats", "g/m00.jsonl")
+    assert (stats["manifests"], stats["refs"], stats["files"]) == (10, 18, 1)
+    verified = cli.json("verify", "g/m00.jsonl")
+    assert (verified["ok"], verified["manifests"], verified["files"]) == (True, 10, 1)
+    listed = cli.jsonl("rm", "--manifest", "g/m00.jsonl", "--dry-run", "--json")
+    assert [t["role"] for t in listed] == ["object"] + ["manifest"] * 10
+
+    for i in range(MAX_REF_DEPTH + 1):
+        ref = {"kind": "manifest_ref", "key": f"c/m{i + 1:03d}.jsonl"}
+        store.write_manifest(f"c/m{i:03d}.jsonl", [ref])
+    store.write_manifest(f"c/m{MAX_REF_DEPTH + 1:03d}.jsonl", [])
+    for command in (["manifest", "show"], ["manifest", "stats"], ["rm", "--dry-run", "--manifest"]):
+        err = cli.fails(EXIT_INVALID, *command, "c/m000.jsonl")
+        assert f"manifest_ref nesting deeper than {MAX_REF_DEPTH} levels" in err
+    result = cli.run("verify", "c/m000.jsonl")
+    assert result.returncode == EXIT_PROBLEMS
+    assert b"nesting deeper than" in result.stdout

@@ -27,6 +27,7 @@ from s3exchange import (
     ShardItem,
     ShardReadError,
 )
+from s3exchange.manifest import MAX_REF_DEPTH
 from s3exchange.packing import PackConflictError, pack
 
 if TYPE_CHECKING:
@@ -258,3 +259,57 @@ def test_debug_logs_hold_no_credential(
     for secret in secrets.values():
         assert secret not in caplog.text
     assert "token-R2-log" not in caplog.text
+
+
+# -- 6. each manifest read once per walk; 7. deep chains are iterative and bounded ---------------
+
+
+def _count_gets(store: S3ExchangeStore) -> list[str]:
+    """Keys of the GetObject requests the store's client sends from now on."""
+    keys: list[str] = []
+    store.s3_client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: keys.append(params["url_path"])
+    )
+    return keys
+
+
+def test_a_diamond_graph_is_read_once_per_manifest_and_agrees_everywhere(
+    store: S3ExchangeStore,
+) -> None:
+    levels = 13  # each referencing the next twice: 8,191 GETs and 46 s when read naively
+    for i in range(levels - 1):
+        ref = {"kind": "manifest_ref", "key": f"g/m{i + 1:02d}.jsonl"}
+        store.write_manifest(f"g/m{i:02d}.jsonl", [ref, ref])
+    store.put_object("g/data.bin", b"payload")
+    store.write_manifest(f"g/m{levels - 1:02d}.jsonl", [{"kind": "file", "key": "g/data.bin"}])
+    gets = _count_gets(store)
+    entries = list(store.iter_manifest_entries("g/m00.jsonl"))
+    assert [e["key"] for e in entries] == ["g/data.bin"]
+    assert len(gets) == levels
+    assert [e["key"] for _, e in store.iter_objects("g/m00.jsonl")] == ["g/data.bin"]
+    plan = store.plan_delete_manifest("g/m00.jsonl")
+    assert (len(plan.objects), len(plan.manifests)) == (1, levels)
+    torch_dataset = pytest.importorskip("s3exchange_torch")
+    assert len(torch_dataset.S3ExchangeIterableDataset(store, "g/m00.jsonl").resolve()) == 1
+
+
+def _chain(store: S3ExchangeStore, levels: int) -> None:
+    """``c/m000`` -> ``c/m001`` -> ... -> ``c/m{levels}``, which lists one file."""
+    for i in range(levels):
+        store.write_manifest(
+            f"c/m{i:03d}.jsonl", [{"kind": "manifest_ref", "key": f"c/m{i + 1:03d}.jsonl"}]
+        )
+    store.write_manifest(f"c/m{levels:03d}.jsonl", [{"kind": "file", "key": "c/x.bin"}])
+
+
+def test_a_manifest_ref_chain_deeper_than_the_limit_is_an_invalid_manifest(
+    store: S3ExchangeStore,
+) -> None:
+    _chain(store, MAX_REF_DEPTH + 1)
+    assert [e["key"] for e in store.iter_manifest_entries("c/m001.jsonl")] == ["c/x.bin"]
+    deep = rf"'c/m{MAX_REF_DEPTH:03d}\.jsonl': manifest_ref nesting deeper than {MAX_REF_DEPTH}"
+    with pytest.raises(InvalidManifestError, match=deep):
+        list(store.iter_manifest_entries("c/m000.jsonl"))
+    with pytest.raises(InvalidManifestError, match=deep):
+        store.delete_manifest("c/m000.jsonl")
+    assert store.exists("c/m000.jsonl")

@@ -393,8 +393,10 @@ def test_corrupt_shard_raises_shard_read_error(store: S3ExchangeStore, tmp_path:
     raw = bytearray(store.get_object("s.tar").read())
     raw[len(raw) // 2] ^= 0xFF
     store.put_object("s.tar", bytes(raw))
+    # without its etag: a re-upload with the etag listed is ObjectChangedError (issue 10, item 1)
+    entry = {k: v for k, v in shard.entry.items() if k != "etag"}
     with pytest.raises(ShardReadError) as err:
-        for stream, _ in store.iter_objects([shard.entry]):
+        for stream, _ in store.iter_objects([entry]):  # type: ignore[list-item]
             stream.read()
     assert err.value.archive_key == "s.tar"
 
