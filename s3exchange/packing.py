@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypedDict
 
 from .errors import ManifestNotFoundError, S3ExchangeError, ShardReadError
 from .shard import CHECKSUM_FIELDS, hexdigest, new_digest, split_items
+from .store import STALE_UPLOAD_SECONDS
 from .types import Compression, FileEntry, ShardEntry, ShardItem
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ class PackReport(TypedDict):
     skipped: int
     uploaded_bytes: int
     parts: list[str]
+    aborted_uploads: int
     dry_run: bool
     seconds: float
 
@@ -504,12 +506,14 @@ def pack(
     progress: PackProgress | None = None,
     checkpoint_every: int = 64,
     checkpoint_seconds: float = 30.0,
+    stale_uploads_after: float = STALE_UPLOAD_SECONDS,
 ) -> PackReport:
     """Pack every file under ``src_dir`` into shards listed in ``manifest_key``; resumable.
 
     ``prefix`` defaults to :func:`default_prefix` of the manifest key. ``jobs`` shards are
-    built and uploaded at once (threads). With ``dry_run`` nothing is written and the report
-    counts what a real run would do.
+    built and uploaded at once (threads). Shard uploads under the prefix pending for more than
+    ``stale_uploads_after`` seconds (a killed run's) are aborted first. With ``dry_run``
+    nothing is written and the report counts what a real run would do.
     """
     started = time.monotonic()
     codec: Compression = None if compression in (None, "none") else "gzip"
@@ -537,6 +541,7 @@ def pack(
     stored = {obj["key"]: obj["size"] for obj in store.list_objects(f"{prefix}/shard-")}
     tasks = reconcile(plan, listed, stored, prefix=prefix)
     _check_all_replaceable(store, tasks, codec, jobs)
+    stale = store.abort_stale_uploads(f"{prefix}/shard-", stale_uploads_after, dry_run=dry_run)
     report: PackReport = {
         "manifest_key": manifest_key,
         "prefix": prefix,
@@ -549,6 +554,7 @@ def pack(
         "skipped": sum(task.action == "skip" for task in tasks),
         "uploaded_bytes": 0,
         "parts": [],
+        "aborted_uploads": len(stale),
         "dry_run": dry_run,
         "seconds": 0.0,
     }

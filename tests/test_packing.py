@@ -232,6 +232,9 @@ class MemoryStore:
         parts.append(list(entries))
         return f"{key}.parts/{len(parts)}"
 
+    def abort_stale_uploads(self, prefix: str, older_than: float, dry_run: bool) -> list[Any]:
+        return []
+
     def listed(self) -> list[str]:
         return [e["archive_key"] for part in self.parts for e in part]
 

@@ -46,10 +46,11 @@ from ..errors import (
     StorageError,
 )
 from ..packing import PackConflictError, PackError
-from ._common import CliError, ExitCode, parse_size, positive_int
+from ..store import STALE_UPLOAD_SECONDS
+from ._common import CliError, ExitCode, parse_duration, parse_size, positive_int
 from ._read import cmd_cat, cmd_ls, cmd_manifest_show, cmd_manifest_stats
 from ._verify import cmd_verify
-from ._write import cmd_compact, cmd_pack, cmd_rm
+from ._write import cmd_compact, cmd_gc, cmd_pack, cmd_rm
 
 __all__ = ["ExitCode", "build_parser", "main"]
 
@@ -205,6 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     rm.set_defaults(handler=cmd_rm)
+
+    gc = command(
+        commands,
+        "gc",
+        "abort multipart uploads under a prefix left pending by killed writers",
+        json="output JSON Lines (--dry-run) or one JSON report",
+    )
+    gc.add_argument("prefix", metavar="PREFIX")
+    gc.add_argument(
+        "--older-than",
+        type=parse_duration,
+        default=STALE_UPLOAD_SECONDS,
+        metavar="AGE",
+        help="only uploads started longer ago than this, e.g. 30m, 2d (default 1h)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be aborted")
+    gc.set_defaults(handler=cmd_gc)
     return parser
 
 

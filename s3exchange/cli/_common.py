@@ -100,6 +100,18 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds for argparse: ``90``, ``30m``, ``1h``, ``2d``."""
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90, 30m, 1h, 2d)")
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1 for argparse."""
     try:

@@ -52,6 +52,33 @@ def cmd_pack(args: argparse.Namespace) -> int:
             f"uploaded {human_size(report['uploaded_bytes'])} in {report['seconds']:.1f} s; "
             f"{len(report['parts'])} manifest parts appended"
         )
+    if report["aborted_uploads"]:
+        verb = "would abort" if report["dry_run"] else "aborted"
+        emit(f"{verb} {report['aborted_uploads']} stale shard uploads (a killed run's)")
+    return ExitCode.OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Abort multipart uploads under a prefix pending longer than ``--older-than``."""
+    if not args.prefix.strip("/"):
+        raise CliError(ExitCode.USAGE, "PREFIX must not be empty (that would be every writer)")
+    store = open_store(args)
+    stale = store.abort_stale_uploads(args.prefix, args.older_than, dry_run=args.dry_run)
+    if args.json and args.dry_run:
+        for upload in stale:
+            emit_json(
+                {
+                    "key": upload.key,
+                    "upload_id": upload.upload_id,
+                    "initiated": upload.initiated.isoformat(),
+                }
+            )
+    elif args.json:
+        emit_json({"prefix": args.prefix, "aborted": len(stale)})
+    else:
+        for upload in stale:
+            emit(f"{upload.initiated.isoformat()}  {upload.key}  {upload.upload_id}")
+        emit(f"{'would abort' if args.dry_run else 'aborted'} {len(stale)} stale uploads")
     return ExitCode.OK
 
 

@@ -164,3 +164,20 @@ def test_stats_verify_and_rm_read_a_diamond_once_and_refuse_a_deep_chain(
     result = cli.run("verify", "c/m000.jsonl")
     assert result.returncode == EXIT_PROBLEMS
     assert b"nesting deeper than" in result.stdout
+
+
+# -- 11. gc aborts pending uploads under a prefix -------------------------------------------------
+
+
+def test_gc_lists_and_aborts_stale_uploads_under_a_prefix(
+    cli: Cli, s3_client: S3Client, bucket: str
+) -> None:
+    for key in ("d/shards/shard-00000.tar", "d/shards/shard-00001.tar", "other/x.bin"):
+        s3_client.create_multipart_upload(Bucket=bucket, Key=key)
+    listed = cli.jsonl("gc", "d/", "--older-than", "0s", "--dry-run", "--json")
+    assert [u["key"] for u in listed] == ["d/shards/shard-00000.tar", "d/shards/shard-00001.tar"]
+    assert cli.json("gc", "d/", "--older-than", "0") == {"prefix": "d/", "aborted": 2}
+    pending = s3_client.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert [u["Key"] for u in pending] == ["other/x.bin"]
+    assert "must not be empty" in cli.fails(EXIT_USAGE, "gc", "/")
+    assert "not a duration" in cli.run("gc", "d/", "--older-than", "soon").stderr.decode()

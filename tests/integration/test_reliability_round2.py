@@ -12,6 +12,7 @@ import logging
 import pickle
 import re
 import tarfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -313,3 +314,39 @@ def test_a_manifest_ref_chain_deeper_than_the_limit_is_an_invalid_manifest(
     with pytest.raises(InvalidManifestError, match=deep):
         store.delete_manifest("c/m000.jsonl")
     assert store.exists("c/m000.jsonl")
+
+
+# -- 11. a killed pack's pending uploads are aborted ---------------------------------------------
+
+
+def _start_upload(s3_client: S3Client, bucket: str, key: str) -> str:
+    """What a writer killed mid-upload leaves: an upload with a part, never completed."""
+    upload = s3_client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    s3_client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"p" * 99)
+    return upload
+
+
+def _pending(s3_client: S3Client, bucket: str) -> list[str]:
+    return sorted(
+        u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    )
+
+
+def test_pack_aborts_the_stale_shard_uploads_of_a_killed_run(
+    store: S3ExchangeStore, s3_client: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    _start_upload(s3_client, bucket, "d/shards/shard-00003.tar")
+    _start_upload(s3_client, bucket, "other/big.bin")
+    time.sleep(1.1)  # servers stamp Initiated in whole seconds
+    (upload,) = store.list_uploads("d/shards/")
+    if upload.initiated.year > 2020:  # moto stamps every upload 2010-11-10: always stale
+        assert store.abort_stale_uploads("d/shards/", dry_run=True) == []  # younger than 1 h
+    src = _dataset(tmp_path / "src", fill=1)
+    dry = pack(store, src, "d/m.jsonl", max_entries=4, stale_uploads_after=1, dry_run=True)
+    assert dry["aborted_uploads"] == 1
+    assert _pending(s3_client, bucket) == ["d/shards/shard-00003.tar", "other/big.bin"]
+    report = pack(store, src, "d/m.jsonl", max_entries=4, stale_uploads_after=1)
+    assert (report["aborted_uploads"], report["uploaded"]) == (1, 2)
+    assert _pending(s3_client, bucket) == ["other/big.bin"]
+    with pytest.raises(InvalidKeyError, match="prefix"):
+        store.abort_stale_uploads("", 0)
