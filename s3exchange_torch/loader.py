@@ -224,13 +224,13 @@ def _pack(datas: Sequence[Any], extras: list[Any], alloc: Alloc) -> PackedBatch:
     for data in datas:
         offsets.append(offsets[-1] + len(data))
     packed = alloc(offsets[-1])
-    base = packed.data_ptr()
+    # Slice assignment copies holding the GIL. ctypes.memmove releases and re-takes it per
+    # sample, and with the prefetch threads running that re-take cost ~78 us per 100 KiB
+    # sample (py-spy) against ~5 us for the copy itself.
+    target = packed.numpy().data if offsets[-1] else None
     for index, data in enumerate(datas):
-        ctypes.memmove(
-            base + offsets[index],
-            bytes(data) if isinstance(data, memoryview) else data,
-            offsets[index + 1] - offsets[index],
-        )
+        if target is not None:
+            target[offsets[index] : offsets[index + 1]] = data
     return PackedBatch(packed, offsets, extras)
 
 
@@ -910,7 +910,8 @@ class _Iteration:
             copied.record_stream(current)
             return copied
 
-        stream.wait_stream(current)
+        # No wait on the current stream: the copy overlaps the training step; record_stream
+        # keeps each copy's memory from reuse until the current stream has used it.
         result = _map_tensors(batch, to_device)
         event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record(stream)
