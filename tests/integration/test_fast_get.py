@@ -7,11 +7,13 @@ authentication on (it checks every signature and session token).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import http.server
 import random
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -190,10 +192,11 @@ def test_proxies_and_the_switch_turn_it_off(
     assert FastGetter.for_client(s3_client, bucket) is None
 
 
-def test_concurrency_policy_bounds_requests_across_workers() -> None:
+def test_concurrency_policy_bounds_requests_only_when_workers_outnumber_cores() -> None:
     assert loose_requests_per_worker(2, pool=32, shard_streams=3, cpu_count=2) == 29
-    assert loose_requests_per_worker(12, pool=32, shard_streams=3, cpu_count=16) == 10
-    assert loose_requests_per_worker(64, pool=32, shard_streams=3, cpu_count=16) == 4
+    assert loose_requests_per_worker(12, pool=32, shard_streams=3, cpu_count=16) == 29
+    assert loose_requests_per_worker(6, pool=32, shard_streams=3, cpu_count=2) == 10
+    assert loose_requests_per_worker(64, pool=32, shard_streams=3, cpu_count=2) == 8
     assert loose_requests_per_worker(1, pool=4, shard_streams=3, cpu_count=16) == 1
 
 
@@ -378,6 +381,159 @@ def test_response_framings(scripted: S3ExchangeStore, framing: str) -> None:
     _Scripted.framing = framing
     for _ in range(3):  # kept-alive, or reconnected after a close
         assert scripted.read_file_entry(_KEY) == _Scripted.BODY  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# https (a TLS front on 127.0.0.1 with a self-signed certificate)
+# --------------------------------------------------------------------------------------------
+
+
+def _self_signed(directory: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+class _TlsFront:
+    """Terminates TLS on 127.0.0.1 and relays each connection to a plain-HTTP upstream."""
+
+    def __init__(self, cert: str, key: str, upstream_port: int) -> None:
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._context.load_cert_chain(cert, key)
+        self._upstream = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(10)
+        try:
+            client = self._context.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self._upstream))
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (source, sink):
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+@pytest.fixture
+def tls(tmp_path: Any, moto_server: RunningServer) -> Iterator[tuple[str, str]]:
+    """(https endpoint in front of moto, the CA file that verifies it)."""
+    cert, key = _self_signed(tmp_path)
+    front = _TlsFront(cert, key, int(moto_server.s3.endpoint_url.rsplit(":", 1)[1]))
+    try:
+        yield f"https://127.0.0.1:{front.port}", cert
+    finally:
+        front.close()
+
+
+@pytest.mark.parametrize("verify", ["ca_file", False])
+def test_https_reads_verify_as_the_client_says(
+    tls: tuple[str, str],
+    moto_server: RunningServer,
+    s3_client: S3Client,
+    bucket: str,
+    verify: str | bool,
+) -> None:
+    endpoint, ca_file = tls
+    s3 = moto_server.s3
+    client: S3Client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        verify=ca_file if verify == "ca_file" else verify,
+        config=Config(s3={"addressing_style": "path"}, proxies={}),
+    )
+    getter = FastGetter.for_client(client, bucket)
+    assert getter is not None
+    assert getter.target.scheme == "https"
+    payload = _payload(16 * KiB, seed=5)
+    entry = S3ExchangeStore(s3_client, bucket).put_object("tls.bin", payload)
+    assert S3ExchangeStore(client, bucket).read_file_entry(entry) == payload
+
+
+def test_https_with_an_untrusted_certificate_is_an_ssl_error(
+    tls: tuple[str, str], moto_server: RunningServer, bucket: str
+) -> None:
+    endpoint, _ = tls
+    s3 = moto_server.s3
+    client: S3Client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        config=Config(s3={"addressing_style": "path"}, proxies={}),
+    )
+    with pytest.raises(StorageError) as err:
+        S3ExchangeStore(client, bucket).read_file_entry({"kind": "file", "key": "a.bin"})
+    assert err.value.code == "SSLError"
 
 
 # --------------------------------------------------------------------------------------------
