@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result = train.train(store, MANIFEST, epochs=args.epochs, num_workers=args.workers)
         print(
-            f"trained {args.epochs} epochs over a DataLoader with {args.workers} workers: "
+            f"trained {args.epochs} epochs through S3ExchangeLoader with {args.workers} workers: "
             f"{result['samples']} samples, {result['samples_per_s']} samples/s, "
             f"final accuracy {result['accuracy']:.1%}"
         )

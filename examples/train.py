@@ -1,7 +1,9 @@
-"""Train a small classifier from a manifest through S3ExchangeIterableDataset and a DataLoader.
+"""Train a small classifier from a manifest through S3ExchangeIterableDataset and S3ExchangeLoader.
 
 Runs as plain ``python examples/train.py`` or under ``torchrun --nproc-per-node 2`` (gloo on
-CPU): each rank reads its own part of every epoch, and gradients are averaged with DDP.
+CPU): each rank reads its own part of every epoch, and gradients are averaged with DDP. The
+loader stacks each batch's decoded features in its workers' shared-memory rings; pass
+``device="cuda"`` to have it copy batches to the GPU on a side stream.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 
 from s3exchange import FileEntry, S3ExchangeStore
-from s3exchange_torch import S3ExchangeIterableDataset
+from s3exchange_torch import S3ExchangeIterableDataset, S3ExchangeLoader
 
 FEATURES = 32
 CLASSES = 4
@@ -43,12 +44,7 @@ def train(
     """Train for ``epochs``; returns samples seen, samples/s and the last epoch's accuracy."""
     distributed = dist.is_available() and dist.is_initialized()
     dataset = S3ExchangeIterableDataset(store, manifest_key, shuffle=True, seed=0, transform=decode)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
+    loader = S3ExchangeLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     model: nn.Module = nn.Sequential(nn.Linear(FEATURES, 64), nn.ReLU(), nn.Linear(64, CLASSES))
     if distributed:
         model = nn.parallel.DistributedDataParallel(model)
@@ -56,7 +52,7 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     seen, started, accuracy = 0, time.perf_counter(), 0.0
     for epoch in range(epochs):
-        dataset.set_epoch(epoch)
+        loader.set_epoch(epoch)  # workers persist across epochs
         correct = total = 0
         for features, labels in loader:
             optimiser.zero_grad()
@@ -73,6 +69,7 @@ def train(
             f"accuracy {accuracy:.2%}"
         )
     elapsed = time.perf_counter() - started
+    loader.close()
     return {
         "samples": seen,
         "samples_per_s": round(seen / elapsed, 1),
