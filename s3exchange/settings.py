@@ -39,6 +39,8 @@ class S3Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
+    reconnect_timeout: float = Field(default=30.0, ge=0)
+    """Seconds a read keeps retrying a server it cannot reach (a restart, a network blip)."""
     request_checksum_calculation: Literal["when_supported", "when_required"] | None = None
     response_checksum_validation: Literal["when_supported", "when_required"] | None = None
 

@@ -5,12 +5,14 @@ do the work (``bucket`` for requests, ``manifest`` and ``shard`` for formats, ``
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import posixpath
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import IO, TYPE_CHECKING, Any, Literal, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -25,6 +27,7 @@ from .errors import (
     ObjectNotFoundError,
     ShardReadError,
     ShardWriteError,
+    StorageError,
 )
 from .keys import KeySpace, resolve_template, split_virtual_key, virtual_key
 from .multipart import DEFAULT_PART_SIZE, MultipartWriter
@@ -57,8 +60,17 @@ if TYPE_CHECKING:
 
     from .settings import S3Settings
 
+log = logging.getLogger(__name__)
+
 ManifestSource = str | Iterable[ManifestEntry]
 """A manifest key (template allowed) or entries already in hand."""
+
+RECONNECT_SECONDS = 30.0
+"""How long a read keeps retrying a server it cannot reach (``S3ExchangeStore(reconnect_s=)``,
+``S3EXCHANGE_RECONNECT_TIMEOUT``): a restarting server or a brief network outage."""
+RECONNECT_MAX_BACKOFF_S = 2.0
+
+_T = TypeVar("_T")
 
 STALE_UPLOAD_SECONDS = 3600.0
 """Default age after which a pending upload counts as abandoned: a 256 MiB shard uploads in
@@ -103,6 +115,7 @@ class S3ExchangeStore:
         verify: bool = True,
         read_retry: RetryPolicy | None = None,
         conditional_writes: Literal["auto", "off"] = "auto",
+        reconnect_s: float = RECONNECT_SECONDS,
     ) -> None:
         self.bucket = bucket
         self.base_prefix = KeySpace(base_prefix).base_prefix
@@ -113,6 +126,7 @@ class S3ExchangeStore:
         self.verify = verify
         self.read_retry = read_retry or RetryPolicy()
         self.conditional_writes = conditional_writes
+        self.reconnect_s = reconnect_s
         self._bucket = Bucket(s3_client, bucket, KeySpace(base_prefix))
         redact_secrets_in_logs()
 
@@ -131,6 +145,7 @@ class S3ExchangeStore:
         if not bucket:
             raise ValueError("no bucket: set S3EXCHANGE_BUCKET or pass bucket=")
         kwargs.setdefault("base_prefix", settings.base_prefix)
+        kwargs.setdefault("reconnect_s", settings.reconnect_timeout)
         store = cls(settings.create_client(), bucket, **kwargs)
         store._bucket = Bucket.from_factory(
             ClientFactory.from_settings(settings), bucket, KeySpace(store.base_prefix)
@@ -164,11 +179,34 @@ class S3ExchangeStore:
 
     # -- loose objects -------------------------------------------------------------------------
 
-    def _stream(self, key: str, first: OpenedBody | None = None) -> ObjectStream:
-        def reopen(offset: int, etag: str | None) -> OpenedBody:
-            return self._bucket.open(key, offset, etag)
+    def _stream(self, key: str) -> ObjectStream:
+        """``key``'s GET as a resumable stream; every GET (the first and each resume) rides
+        through an unreachable server for up to ``reconnect_s``."""
 
-        return ObjectStream(key, reopen, first, retry=self.read_retry)
+        def reopen(offset: int, etag: str | None) -> OpenedBody:
+            return self._reconnecting(key, lambda: self._bucket.open(key, offset, etag))
+
+        return ObjectStream(key, reopen, retry=self.read_retry)
+
+    def _reconnecting(self, key: str, call: Callable[[], _T]) -> _T:
+        """``call()``, repeated with backoff while the server cannot be reached (connection
+        refused, reset, connect timeout: a restarting server, a network blip), until
+        ``reconnect_s`` have passed; then the error. botocore's own retries of one request
+        last ~1 s against a refused port, which once failed an epoch at a server restart
+        (``weed`` restarts in ~1.5 s here)."""
+        deadline = time.monotonic() + self.reconnect_s
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except StorageError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0 or not _unreachable(exc):
+                    raise
+                attempt += 1
+                delay = min(left, RECONNECT_MAX_BACKOFF_S, 0.1 * 2**attempt)
+                log.warning("%r: server unreachable (%s); retrying in %.1f s", key, exc, delay)
+            time.sleep(delay)
 
     def get_object(self, key: str, vars: Mapping[str, Any] | None = None) -> ObjectStream:
         """A streaming, resumable body of ``key`` (``read(n)``, ``iter_chunks``, ``with``).
@@ -177,7 +215,7 @@ class S3ExchangeStore:
         """
         resolved = self.resolve(key, vars)
         try:
-            return self._stream(resolved, self._bucket.open(resolved))
+            return self._stream(resolved)
         except ObjectNotFoundError:
             archive, member = split_virtual_key(resolved)
             if member is None:
@@ -319,10 +357,10 @@ class S3ExchangeStore:
 
     def _read_manifest(self, key: str) -> Iterator[ManifestEntry]:
         try:
-            opened = self._bucket.open(key)
+            stream = self._stream(key)
         except ObjectNotFoundError:
             raise ManifestNotFoundError(key, self.bucket) from None
-        with self._stream(key, opened) as stream:
+        with stream:
             yield from manifest.iter_entries_from_stream(stream, key=key)
 
     def iter_entries(
@@ -437,7 +475,7 @@ class S3ExchangeStore:
         if "archive_key" in entry and "member_path" in entry:
             return cast(IO[bytes], self._open_member(entry["archive_key"], entry["member_path"]))
         key = entry["key"]
-        stream = self._stream(key, self._bucket.open(key))
+        stream = self._stream(key)
         if not (self.verify if verify is None else verify):
             return cast(IO[bytes], stream)
         etag = entry.get("etag")
@@ -503,7 +541,7 @@ class S3ExchangeStore:
         rewritten under the same key (another dataset packed there) must not be read as this
         one. Checked on every read, whatever ``verify`` says: it costs no request."""
         key = entry["archive_key"]
-        stream = self._stream(key, self._bucket.open(key))
+        stream = self._stream(key)
         listed = entry.get("etag")
         if listed and stream.etag and listed.strip('"') != stream.etag.strip('"'):
             stream.close()
@@ -787,6 +825,13 @@ class S3ExchangeStore:
             expand=self._shard_files if expand_shards else None,
             part_size=self.part_size,
         )
+
+
+def _unreachable(error: StorageError) -> bool:
+    """Whether a request failed because the server could not be reached at all."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    return isinstance(error.__cause__, BotoConnectionError | ConnectionError)
 
 
 def _compression_of(archive_key: str) -> Compression:

@@ -10,12 +10,17 @@ import io
 import json
 import logging
 import pickle
+import random
 import re
+import socket
 import tarfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import boto3
 import pytest
 
 from s3exchange import (
@@ -27,9 +32,12 @@ from s3exchange import (
     S3Settings,
     ShardItem,
     ShardReadError,
+    StorageError,
 )
 from s3exchange.manifest import MAX_REF_DEPTH
 from s3exchange.packing import PackConflictError, pack
+from s3exchange.store import RECONNECT_SECONDS
+from s3exchange.testing import start_seaweedfs
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -350,3 +358,107 @@ def test_pack_aborts_the_stale_shard_uploads_of_a_killed_run(
     assert _pending(s3_client, bucket) == ["other/big.bin"]
     with pytest.raises(InvalidKeyError, match="prefix"):
         store.abort_stale_uploads("", 0)
+
+
+# -- 15. a server killed and restarted mid-epoch is ridden through ------------------------------
+
+
+class RestartableSeaweedFS:
+    """A SeaweedFS of one test's own (the session's must not be killed), its data on disk so
+    it can be killed and started again on the same port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.servers = [start_seaweedfs(data_dir=data_dir)]
+
+    def kill_and_restart(self, after_s: float) -> threading.Thread:
+        """SIGKILL the server now; start it again on the same port ``after_s`` later."""
+        server = self.servers[-1]
+        server.process.kill()
+        server.stop()
+
+        def restart() -> None:
+            time.sleep(after_s)
+            self.servers.append(start_seaweedfs(data_dir=self.data_dir, port=server.port))
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        return thread
+
+
+@pytest.fixture
+def own_seaweedfs(tmp_path: Path) -> Iterator[RestartableSeaweedFS]:
+    running = RestartableSeaweedFS(tmp_path / "weed")
+    yield running
+    for server in running.servers:
+        server.stop()
+
+
+@pytest.mark.seaweedfs
+def test_reads_ride_through_a_server_killed_and_restarted_mid_epoch(
+    own_seaweedfs: RestartableSeaweedFS,
+) -> None:
+    client = own_seaweedfs.servers[0].s3.client()
+    client.create_bucket(Bucket="restart")
+    store = S3ExchangeStore(client, "restart")
+    rng = random.Random(15)
+    members = {f"{i:03d}.bin": rng.randbytes(64 << 10) for i in range(3 * 128)}
+    names = sorted(members)
+    entries = []
+    for n in range(3):  # 8 MiB each: more than the socket buffers hold when the server dies
+        items: list[ShardItem] = [
+            {"source": members[m], "member_path": m} for m in names[n * 128 : (n + 1) * 128]
+        ]
+        entries.append(store.put_shard_archive(f"s/{n}.tar", items).entry)
+    store.put_object("loose.bin", b"L" * 1000)
+    store.write_manifest("m.jsonl", [*entries, {"kind": "file", "key": "loose.bin"}])
+
+    got: dict[str, bytes] = {}
+    restarter = None
+    started = time.monotonic()
+    for stream, entry in store.iter_objects("m.jsonl"):
+        got[entry.get("member_path", entry["key"])] = stream.read()
+        if len(got) == 20:  # 1.2 MiB into the first shard's body
+            restarter = own_seaweedfs.kill_and_restart(after_s=2.0)
+    assert restarter is not None
+    restarter.join()
+    assert got == {**members, "loose.bin": b"L" * 1000}
+    assert time.monotonic() - started < RECONNECT_SECONDS
+
+    torch_dataset = pytest.importorskip("s3exchange_torch")
+    store.write_manifest("shards.jsonl", entries)
+    dataset = torch_dataset.S3ExchangeIterableDataset(store, "shards.jsonl", shuffle=False)
+    seen = 0
+    for seen, _ in enumerate(dataset, 1):
+        if seen == 10:
+            restarter = own_seaweedfs.kill_and_restart(after_s=2.0)
+    restarter.join()
+    assert seen == 3 * 128
+
+
+def test_an_unreachable_server_fails_a_read_after_the_reconnect_budget(
+    moto_server: RunningServer,
+) -> None:
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+    try:
+        endpoint = f"http://127.0.0.1:{port.getsockname()[1]}"
+        client = moto_server.s3.client(retries={"max_attempts": 1})
+        dead = S3ExchangeStore(
+            boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                aws_access_key_id="x",
+                aws_secret_access_key="y",
+                region_name=moto_server.s3.region,
+                config=client.meta.config,
+            ),
+            "b",
+            reconnect_s=1.5,
+        )
+        started = time.monotonic()
+        with pytest.raises(StorageError, match=r"'a\.bin'"):
+            dead.get_object("a.bin")
+        assert 1.5 <= time.monotonic() - started < 10
+    finally:
+        port.close()
