@@ -12,6 +12,7 @@ import logging
 import pickle
 import random
 import re
+import signal
 import socket
 import tarfile
 import threading
@@ -462,3 +463,39 @@ def test_an_unreachable_server_fails_a_read_after_the_reconnect_budget(
         assert 1.5 <= time.monotonic() - started < 10
     finally:
         port.close()
+
+
+# -- 14. a frozen server fails a read within the documented worst case --------------------------
+
+
+@pytest.mark.seaweedfs
+def test_a_frozen_server_fails_a_read_within_the_documented_worst_case(
+    own_seaweedfs: RestartableSeaweedFS,
+) -> None:
+    """README: read_timeout x (1 + max_attempts) plus backoff (360 s with the defaults)."""
+    server = own_seaweedfs.servers[0]
+    writer = S3ExchangeStore(server.s3.client(), "frozen")
+    writer.s3_client.create_bucket(Bucket="frozen")
+    rng = random.Random(14)
+    items: list[ShardItem] = [
+        {"source": rng.randbytes(64 << 10), "member_path": f"{i:03d}.bin"} for i in range(128)
+    ]
+    entry = writer.put_shard_archive("s.tar", items).entry
+    read_timeout, attempts = 1, 2
+    client = server.s3.client(
+        read_timeout=read_timeout, retries={"mode": "standard", "max_attempts": attempts}
+    )
+    store = S3ExchangeStore(client, "frozen")
+    frozen_at = None
+    try:
+        with pytest.raises(StorageError, match="ReadTimeoutError"):
+            for n, (stream, _) in enumerate(store.iter_objects([entry]), 1):
+                stream.read()
+                if n == 20:  # 1.2 MiB into an 8 MiB body: SIGSTOP, the process frozen
+                    server.process.send_signal(signal.SIGSTOP)
+                    frozen_at = time.monotonic()
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    assert frozen_at is not None
+    worst = read_timeout * (1 + attempts)
+    assert worst <= time.monotonic() - frozen_at < worst + 3
