@@ -4,6 +4,7 @@ do the work (``bucket`` for requests, ``manifest`` and ``shard`` for formats, ``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -40,6 +41,7 @@ from .shard import (
     read_internal_manifest,
     write_shard,
 )
+from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter
 from .types import (
     INTERNAL_MANIFEST_PATH,
     MANIFEST_CONTENT_TYPE,
@@ -525,7 +527,7 @@ class S3ExchangeStore:
         An entry's ``etag`` must match the stored archive's (ObjectChangedError otherwise).
         """
         key = entry["archive_key"]
-        with self._open_archive(entry) as stream:
+        with self._open_archive(entry) as stream, _nesting_is_invalid(key):
             yield from iter_shard(
                 stream,
                 archive_key=key,
@@ -559,7 +561,7 @@ class S3ExchangeStore:
         manifest's paths never reach a listing, a compacted manifest or a deletion plan.
         """
         key = entry["archive_key"]
-        with self._open_archive(entry) as stream:
+        with self._open_archive(entry) as stream, _nesting_is_invalid(key):
             members = read_internal_manifest(
                 stream, archive_key=key, compression=entry.get("compression")
             )
@@ -632,6 +634,39 @@ class S3ExchangeStore:
     ) -> str:
         """Record shard entries in a manifest (``append_parts`` by default)."""
         return self.write_manifest(manifest_key, shard_entries, mode=update_mode, vars=vars)
+
+    def shard_writer(
+        self,
+        pattern: str,
+        manifest: str | None = None,
+        *,
+        max_entries: int | None = None,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        compression: Compression | Literal["none"] = None,
+        update_mode: UpdateMode = "overwrite",
+        start_index: int = 0,
+        compresslevel: int = 6,
+        vars: Mapping[str, Any] | None = None,
+    ) -> ShardWriter:
+        """A writer of webdataset-style samples into shards ``pattern`` (``{index}``: 0, 1, ...).
+
+        Each shard streams into its upload as samples arrive and holds at most ``max_entries``
+        members and ``max_bytes`` member bytes (a sample exceeding them alone gets a shard of its
+        own; samples are never split). At close the entries go to ``manifest`` with
+        ``update_mode``; an exception aborts the open upload and writes no manifest.
+        """
+        return ShardWriter(
+            self,
+            pattern,
+            manifest,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            compression=compression,
+            update_mode=update_mode,
+            start_index=start_index,
+            compresslevel=compresslevel,
+            vars=vars,
+        )
 
     # -- listing through manifests -------------------------------------------------------------
 
@@ -825,6 +860,17 @@ class S3ExchangeStore:
             expand=self._shard_files if expand_shards else None,
             part_size=self.part_size,
         )
+
+
+@contextlib.contextmanager
+def _nesting_is_invalid(archive_key: str) -> Iterator[None]:
+    """An internal manifest line nested too deeply for the JSON parser (200k ``[``) is a
+    corrupt shard, not a RecursionError. Stopgap until the shard parser reports it with its
+    line; it is the only recursive code on this path."""
+    try:
+        yield
+    except RecursionError:
+        raise ShardReadError(archive_key, "internal manifest: JSON nested too deeply") from None
 
 
 def _unreachable(error: StorageError) -> bool:

@@ -499,3 +499,20 @@ def test_a_frozen_server_fails_a_read_within_the_documented_worst_case(
     assert frozen_at is not None
     worst = read_timeout * (1 + attempts)
     assert worst <= time.monotonic() - frozen_at < worst + 3
+
+
+# -- 7. an internal manifest nested too deeply is a corrupt shard -------------------------------
+
+
+def test_an_internal_manifest_nested_too_deeply_is_a_shard_read_error(
+    store: S3ExchangeStore, s3_client: S3Client, bucket: str
+) -> None:
+    nested = b"[" * 200_000 + b"]" * 200_000 + b"\n"
+    body = _tar({"__manifest__.jsonl": nested, "ok.bin": b"ok"})
+    s3_client.put_object(Bucket=bucket, Key="deep.tar", Body=body)
+    store.write_manifest("m.jsonl", [{"kind": "shard", "archive_key": "deep.tar"}])
+    too_deep = r"'deep\.tar': internal manifest: JSON nested too deeply"
+    with pytest.raises(ShardReadError, match=too_deep):
+        list(store.list_manifest_files("m.jsonl"))
+    with pytest.raises(ShardReadError, match=too_deep):
+        list(store.iter_objects("m.jsonl"))
