@@ -176,8 +176,15 @@ class _Connection:
         self.reused = False
 
     def dropped(self) -> bool:
-        """An idle keep-alive socket that is readable was closed (or spoke out of turn)."""
+        """An idle keep-alive socket that is readable was closed (or spoke out of turn).
+
+        ``poll`` where there is one: ``select`` fails for descriptors past FD_SETSIZE.
+        """
         try:
+            if hasattr(select, "poll"):
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                return bool(poller.poll(0))
             readable, _, _ = select.select([self.sock], [], [], 0)
         except (OSError, ValueError):
             return True
