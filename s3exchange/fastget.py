@@ -677,7 +677,7 @@ _HOOKED_EVENTS = (
 
 def _foreign_handlers(client: S3Client) -> set[str]:
     """Modules of handlers on GetObject's events that neither botocore nor boto3 registered
-    (a user's header injector, a stubber, an in-process mock)."""
+    (a user's header injector, botocore's Stubber, moto's in-process mock)."""
     emitter = getattr(client.meta.events, "_emitter", None)
     handlers = getattr(emitter, "_handlers", None)
     if handlers is None or not hasattr(handlers, "prefix_search"):
@@ -686,7 +686,8 @@ def _foreign_handlers(client: S3Client) -> set[str]:
     for event in _HOOKED_EVENTS:
         for handler in handlers.prefix_search(event):
             module = getattr(handler, "__module__", None) or type(handler).__module__
-            if not module.startswith(("botocore.", "boto3.", "s3transfer.")):
+            ours = module.startswith(("botocore.", "boto3.", "s3transfer."))
+            if not ours or module == "botocore.stub":  # a Stubber answers in-process
                 foreign.add(module)
     return foreign
 

@@ -181,6 +181,14 @@ def test_client_with_a_foreign_event_handler_reads_through_botocore(
     assert store.read_file_entry(entry) == b"through botocore"
 
 
+def test_stubbed_client_is_left_to_its_stubber(s3_client: S3Client, bucket: str) -> None:
+    from botocore.stub import Stubber
+
+    with Stubber(s3_client):
+        assert FastGetter.for_client(s3_client, bucket) is None
+    assert FastGetter.for_client(s3_client, bucket) is not None
+
+
 def test_proxies_and_the_switch_turn_it_off(
     s3_client: S3Client, moto_server: RunningServer, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
