@@ -7,6 +7,7 @@ authentication on (it checks every signature and session token).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -118,6 +119,22 @@ def test_whole_object_arrives_byte_identical(
     entry = any_store.put_object(key, payload)
     assert any_store.read_file_entry(entry) == payload
     assert any_store.read_file_entry(entry, verify=False) == payload
+
+
+def test_checksums_the_server_stores_are_checked(
+    server: tuple[S3Client, str, RunningServer],
+) -> None:
+    client, bucket, running = server
+    payload = _payload(16 * KiB, seed=9)
+    client.put_object(Bucket=bucket, Key="sum.bin", Body=payload, ChecksumAlgorithm="SHA256")
+    checking = _client(
+        running.s3.endpoint_url, running.s3, response_checksum_validation="when_supported"
+    )
+    getter = FastGetter.for_client(checking, bucket)
+    assert getter is not None
+    assert getter.target.checksum_mode
+    store = S3ExchangeStore(checking, bucket)
+    assert store.read_file_entry({"kind": "file", "key": "sum.bin"}) == payload
 
 
 def test_changed_object_fails_the_etag_check(any_store: S3ExchangeStore) -> None:
@@ -299,6 +316,7 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
     script: ClassVar[list[tuple[int, str]]] = []
     seen: ClassVar[list[dict[str, str]]] = []
     framing: ClassVar[str] = "length"
+    checksum: ClassVar[str | None] = None  # an x-amz-checksum-sha256 header to send
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
@@ -313,6 +331,8 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("ETag", '"scripted"')
+        if self.checksum is not None:
+            self.send_header("x-amz-checksum-sha256", self.checksum)
         if self.framing == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -334,14 +354,19 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def scripted(moto_server: RunningServer) -> Iterator[S3ExchangeStore]:
+def scripted(
+    request: pytest.FixtureRequest, moto_server: RunningServer
+) -> Iterator[S3ExchangeStore]:
     _Scripted.script, _Scripted.seen, _Scripted.framing = [], [], "length"
+    _Scripted.checksum = None
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
         endpoint = f"http://127.0.0.1:{httpd.server_address[1]}"
-        yield S3ExchangeStore(_client(endpoint, moto_server.s3), "scripted")
+        validation = getattr(request, "param", "when_required")
+        client = _client(endpoint, moto_server.s3, response_checksum_validation=validation)
+        yield S3ExchangeStore(client, "scripted")
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -389,6 +414,19 @@ def test_response_framings(scripted: S3ExchangeStore, framing: str) -> None:
     _Scripted.framing = framing
     for _ in range(3):  # kept-alive, or reconnected after a close
         assert scripted.read_file_entry(_KEY) == _Scripted.BODY  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scripted", ["when_supported"], indirect=True)
+def test_response_checksum_is_checked_when_the_client_asks(scripted: S3ExchangeStore) -> None:
+    digest = base64.b64encode(hashlib.sha256(_Scripted.BODY).digest()).decode()
+    _Scripted.checksum = digest
+    assert scripted.read_file_entry(_KEY) == _Scripted.BODY  # type: ignore[arg-type]
+    assert _Scripted.seen[-1]["x-amz-checksum-mode"] == "ENABLED"
+    _Scripted.checksum = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    with pytest.raises(IntegrityError, match="x-amz-checksum-sha256"):
+        scripted.read_file_entry(_KEY)  # type: ignore[arg-type]
+    _Scripted.checksum = digest + "-2"  # a checksum of part checksums: not checkable
+    assert scripted.read_file_entry(_KEY) == _Scripted.BODY  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
