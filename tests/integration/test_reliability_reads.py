@@ -137,6 +137,7 @@ def test_shard_truncated_at_a_member_boundary_is_caught(store: S3ExchangeStore) 
         last = tar.getmembers()[-1]
     cut = raw[: last.offset]  # ends exactly where the last member's header would start
     store.put_object("s.tar", cut)
+    entry.pop("etag", None)  # else the re-upload is refused by its ETag first (issue 10, item 1)
     with pytest.raises(ShardReadError) as err:
         _read_all(store, entry)
     assert err.value.archive_key == "s.tar"
@@ -152,6 +153,7 @@ def test_flipped_byte_names_the_member(store: S3ExchangeStore) -> None:
     corrupt = bytearray(raw)
     corrupt[member.offset_data + 10] ^= 0x01
     store.put_object("s.tar", bytes(corrupt))
+    entry.pop("etag", None)  # else the re-upload is refused by its ETag first (issue 10, item 1)
     with pytest.raises(ShardReadError) as err:
         _read_all(store, entry)
     assert err.value.member_path == member.name
