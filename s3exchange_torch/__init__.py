@@ -5,7 +5,7 @@ across data-parallel ranks and DataLoader workers, shuffled reproducibly, and re
 mid-epoch with ``torchdata``'s ``StatefulDataLoader``. See :mod:`s3exchange_torch.dataset`.
 """
 
-from .collate import PackedBatch, pack_bytes
+from .collate import PackedBatch, Sample, pack_bytes
 from .dataset import S3ExchangeIterableDataset
 from .loader import LoaderWorkerError, S3ExchangeLoader, collate_into
 from .plan import Balance, EpochPlan, Segment
@@ -19,6 +19,7 @@ __all__ = [
     "PackedBatch",
     "S3ExchangeIterableDataset",
     "S3ExchangeLoader",
+    "Sample",
     "Segment",
     "collate_into",
     "pack_bytes",

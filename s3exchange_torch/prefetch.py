@@ -34,6 +34,7 @@ from typing import Any, TypeAlias
 from s3exchange import S3ExchangeStore, ShardReadError
 from s3exchange.types import FileEntry, ShardEntry
 
+from .collate import Sample
 from .plan import Segment
 from .shuffle import ResumePoint
 from .units import GroupBy, Unit, loose_sample, member_path, sample_key
@@ -60,7 +61,8 @@ _POLL_S = 0.1
 """How often a thread blocked on a full queue looks at the stop event."""
 
 Item: TypeAlias = tuple[Any, Any]
-"""``(data, entry)`` per file, or ``(sample dict, entries)`` when grouping by key."""
+"""A :class:`~s3exchange_torch.collate.Sample` per file, or ``(sample dict, entries)`` when
+grouping by key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,7 @@ class _LooseRead:
 
     def result(self) -> Item:
         if not self.grouped:
-            return self.futures[0].result(), self.entries[0]
+            return Sample(self.futures[0].result(), self.entries[0])
         datas = [future.result() for future in self.futures]
         return loose_sample(self.entries, datas), list(self.entries)
 
@@ -260,7 +262,7 @@ def _shard_members(
     try:
         for member in members:
             data = member.read()
-            chunk.append((data, member.entry))
+            chunk.append(Sample(data, member.entry))
             size += len(data)
             remaining -= 1
             if not remaining or stop.is_set():

