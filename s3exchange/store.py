@@ -501,7 +501,9 @@ class S3ExchangeStore:
             with self.open_file_entry(entry, verify=verify) as member:
                 return member.read()
         key = entry["key"]
-        data, got_etag = self._bucket.read_object(key, retry=self.read_retry)
+        data, got_etag = self._reconnecting(
+            key, lambda: self._bucket.read_object(key, retry=self.read_retry)
+        )
         if not (self.verify if verify is None else verify):
             return data
         etag = entry.get("etag")

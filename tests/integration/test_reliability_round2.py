@@ -427,14 +427,17 @@ def test_reads_ride_through_a_server_killed_and_restarted_mid_epoch(
     assert time.monotonic() - started < RECONNECT_SECONDS
 
     torch_dataset = pytest.importorskip("s3exchange_torch")
-    store.write_manifest("shards.jsonl", entries)
-    dataset = torch_dataset.S3ExchangeIterableDataset(store, "shards.jsonl", shuffle=False)
+    dataset = torch_dataset.S3ExchangeIterableDataset(store, "m.jsonl", shuffle=False)
     seen = 0
     for seen, _ in enumerate(dataset, 1):
         if seen == 10:
             restarter = own_seaweedfs.kill_and_restart(after_s=2.0)
     restarter.join()
-    assert seen == 3 * 128
+    assert seen == 3 * 128 + 1
+
+    restarter = own_seaweedfs.kill_and_restart(after_s=2.0)  # the whole-object GET path
+    assert store.read_file_entry({"kind": "file", "key": "loose.bin"}) == b"L" * 1000
+    restarter.join()
 
 
 def test_an_unreachable_server_fails_a_read_after_the_reconnect_budget(
