@@ -243,8 +243,8 @@ class _LooseRead:
 
 
 def _read_file(store: S3ExchangeStore, entry: FileEntry, verify: bool | None) -> bytes:
-    with store.open_file_entry(entry, verify=verify) as stream:
-        return stream.read()
+    """One loose file, whole, in one GET (the store's fast path: ~10x less CPU than botocore)."""
+    return store.read_file_entry(entry, verify=verify)
 
 
 def _shard_members(
