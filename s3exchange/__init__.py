@@ -25,6 +25,7 @@ from .errors import (
 )
 from .settings import S3Settings
 from .shard import Shard, ShardMember
+from .shard_writer import ShardWriter
 from .store import S3ExchangeStore
 from .types import (
     CompactReport,
@@ -68,6 +69,7 @@ __all__ = [
     "ShardMember",
     "ShardReadError",
     "ShardWriteError",
+    "ShardWriter",
     "StorageError",
     "UploadError",
     "__version__",
