@@ -109,7 +109,7 @@ def _member_path_problem(path: str) -> str | None:
         return "member path contains a NUL character"
     if path.startswith(("/", "\\")) or _DRIVE.match(path):
         return "member path is absolute"
-    if ".." in re.split(r"[/\\]", path):
+    if ".." in path and ".." in re.split(r"[/\\]", path):
         return "member path has a '..' component"
     if path.endswith("/"):
         return "member path ends with '/' (a directory name)"
@@ -593,6 +593,12 @@ class _Header:
     size: int
 
 
+def _byte_sum(block: bytes) -> int:
+    """``sum(block)`` of a 512-byte header in 0.4 us instead of 4: Adler-32's first half is 1 +
+    the byte sum mod 65521, exact for each 256-byte half (at most 256 * 255 = 65280)."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+
+
 def _nts(field: bytes) -> str:
     """A NUL-terminated header string."""
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -660,7 +666,7 @@ class _TarReader:
     def _parse_block(self, block: bytes) -> tuple[str, int, bytes]:
         """(name, size, typeflag) of a header block whose checksum is verified."""
         stored = self._number(block[148:156], "checksum")
-        unsigned = sum(block) - sum(block[148:156]) + 256
+        unsigned = _byte_sum(block) - sum(block[148:156]) + 256
         if stored != unsigned and stored != sum(struct.unpack("148b8x356b", block)) + 256:
             raise self.error("header checksum mismatch" + self._after())
         name = _nts(block[0:100])
@@ -697,7 +703,7 @@ class _TarReader:
         if typeflag not in _REGULAR_TYPES:
             kind = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
             raise self.error(f"refusing {kind} member", name)
-        if any(key.startswith("GNU.sparse") for key in pax):
+        if pax and any(key.startswith("GNU.sparse") for key in pax):
             raise self.error("refusing GNU sparse member", name)
         problem = _member_path_problem(name)
         if problem is not None:

@@ -182,3 +182,24 @@ def test_grouped_samples_keep_the_default_collation(corpus: Corpus) -> None:
         assert len(batch["__key__"]) == len(batch["bin"]) <= 4
         fields += batch["bin"]
     assert sorted(fields) == sorted(corpus.data.values())
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_epochs_map_only_the_live_workers_slabs(corpus: Corpus, persistent: bool) -> None:
+    """Each epoch's batches are intact; the main process lets go of exited workers' slabs."""
+    ds = make(corpus)
+    loader = DataLoader(
+        ds,
+        batch_size=8,
+        num_workers=2,
+        persistent_workers=persistent,
+        multiprocessing_context="fork",
+    )
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        got: dict[str, bytes] = {}
+        for batch in loader:
+            got |= unpack(batch)
+        assert got == corpus.data, f"epoch {epoch}"
+        producers = {pid for pid, _, _ in collate_module._mapped.values()}
+        assert len(producers) == 2  # this epoch's two workers only
