@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,12 +17,10 @@ from .errors import (
     ShardReadError,
 )
 from .keys import KeySpace, split_virtual_key
-from .manifest import walk_graph
-from .types import DeleteFailure, DeleteReport, ManifestEntry
+from .manifest import ManifestReader, walk_graph
+from .types import DeleteFailure, DeleteReport
 
 log = logging.getLogger(__name__)
-
-ManifestReader = Callable[[str], Iterable[ManifestEntry]]
 
 
 def delete_prefix(
