@@ -369,12 +369,16 @@ def _worker_loop(args: _WorkerArgs) -> None:
             _, state = command
             if state is not None:
                 args.dataset.load_state_dict(state)
-            _run_epoch(args, writer)
+            writer = _run_epoch(args, writer)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
     except BaseException as exc:
         with contextlib.suppress(Exception):
             results.send(("error", _portable(exc), traceback.format_exc()))
+            # Stay until told to stop: a ring sent earlier reaches the main process through
+            # this process's resource sharer, which must still be there when it is unpickled.
+            while args.commands.recv()[0] != "stop":
+                pass
 
 
 def _portable(exc: BaseException) -> BaseException | None:
@@ -386,7 +390,8 @@ def _portable(exc: BaseException) -> BaseException | None:
     return exc
 
 
-def _run_epoch(args: _WorkerArgs, writer: _Writer) -> None:
+def _run_epoch(args: _WorkerArgs, writer: _Writer) -> _Writer:
+    """One epoch's batches; returns the ring writer in use at its end (rings only grow)."""
     dataset, results = args.dataset, args.results
     batch: list[Any] = []
     for sample in dataset._iter_worker(args.worker_id, args.num_workers):
@@ -397,6 +402,7 @@ def _run_epoch(args: _WorkerArgs, writer: _Writer) -> None:
     if batch and not args.drop_last:
         writer = _send_batch(args, writer, batch, dataset.state_dict())
     results.send(("end", dataset.state_dict()))
+    return writer
 
 
 def _send_batch(
@@ -834,7 +840,7 @@ class _Iteration:
             if worker.results in ready:
                 try:
                     message: tuple[Any, ...] = worker.results.recv()
-                except EOFError:
+                except (EOFError, OSError):  # gone, or gone before its ring could be fetched
                     message = ()
                 if not message:
                     raise self._died(index)

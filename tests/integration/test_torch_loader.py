@@ -150,9 +150,11 @@ def test_epochs_persist_workers_and_change_the_order(corpus: Corpus) -> None:
     with S3ExchangeLoader(ds, batch_size=6, num_workers=2) as loader:
         first = [ids_of(b) for b in loader]
         pids = [w.process.pid for w in loader._workers]
+        rings = [w.ring for w in loader._workers]
         loader.set_epoch(1)
         second = [ids_of(b) for b in loader]
         assert [w.process.pid for w in loader._workers] == pids
+        assert [w.ring for w in loader._workers] == rings  # a ring lasts across epochs
     assert sorted(chain(*first)) == sorted(chain(*second)) == sorted(corpus.payloads)
     assert first != second
     assert second == expected_batches(ds, 2, 6)
@@ -291,7 +293,7 @@ def test_a_missing_object_is_a_domain_error_naming_the_key(corpus: Corpus) -> No
 
 
 def test_a_killed_worker_ends_the_epoch_with_a_clear_error(corpus: Corpus) -> None:
-    slow = make(corpus, transform=_slow)
+    slow = make(corpus, transform=_slower)  # ~3 s per worker: still running when killed
     loader = S3ExchangeLoader(slow, batch_size=2, num_workers=2, poll=0.2)
     iterator = iter(loader)
     next(iterator)
@@ -308,6 +310,11 @@ def test_a_killed_worker_ends_the_epoch_with_a_clear_error(corpus: Corpus) -> No
 
 def _slow(data: bytes, entry: Any) -> bytes:
     time.sleep(0.01)
+    return data
+
+
+def _slower(data: bytes, entry: Any) -> bytes:
+    time.sleep(0.05)
     return data
 
 
