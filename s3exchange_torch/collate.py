@@ -14,16 +14,16 @@ The dataset yields :class:`Sample` tuples, and importing this module registers
 creating and first touching 3.2 MiB took 3-12 ms here (tmpfs allocation, zeroing, a page fault
 per 4 KiB) against 0.15-0.2 ms to rewrite mapped memory; and torch sends a segment's file
 descriptor through ``multiprocessing``'s resource sharer, a new authenticated connection per
-batch (~30 % of the main process's CPU in a py-spy profile). So each worker packs into at most
-:data:`MAX_SLABS` *slabs* it keeps, and the main process maps each slab once, on its first
-batch, and finds it by a token afterwards (a batch then pickles as a few integers and its
-entries). Byte 0 of a slab says the main process holds a batch in it; a ``weakref.finalize``
-on the array under the batch's tensor clears it once the last view of the batch is freed, and
-only then does the worker write the slab again. When every slab is held (a consumer that keeps
-batches), a batch gets a segment of its own, as torch's tensors do: never a wait. Measured on 2
-cores, 100 KiB samples, batch 32, 2 workers, no S3 (``DataLoader`` alone): a segment per batch
-3,200-3,700 samples/s, slabs 8,200-14,700; list collate 2,100-5,000. The main process spends
-19-20 us per sample (a segment per batch: 56-61; list collate: 115-170).
+batch (~19 % of all CPU samples in a py-spy profile of the DataLoader alone, both ends). So
+each worker packs into at most :data:`MAX_SLABS` *slabs* it keeps, and the main process maps
+each slab once, on its first batch, and finds it by a token afterwards (a batch then pickles as
+a few integers and its entries). Byte 0 of a slab says the main process holds a batch in it; a
+``weakref.finalize`` on the array under the batch's tensor clears it once the last view of the
+batch is freed, and only then does the worker write the slab again. When every slab is held (a
+consumer that keeps batches), a batch gets a segment of its own, as torch's tensors do: never a
+wait. Measured on 2 cores, 100 KiB samples, batch 32, 2 workers, no S3 (``DataLoader`` alone):
+a segment per batch 3,200-3,700 samples/s, slabs 8,200-14,700; list collate 2,100-5,000. The
+main process spends 19-20 us per sample (a segment per batch: 56-61; list collate: 115-170).
 """
 
 from __future__ import annotations
@@ -219,7 +219,13 @@ def _from_slab(
     """Unpickling a batch in a slab this process keeps mapped."""
     for gone in retired:
         _mapped.pop(gone, None)
-    _, slab, header = _mapped[token]
+    try:
+        _, slab, header = _mapped[token]
+    except KeyError:
+        raise RuntimeError(
+            "a packed batch names a shared-memory slab this process never mapped: it must be "
+            "unpickled by the process that received the slab's first batch"
+        ) from None
     return _over(slab, header, offsets, extras)
 
 

@@ -203,3 +203,8 @@ def test_epochs_map_only_the_live_workers_slabs(corpus: Corpus, persistent: bool
         assert got == corpus.data, f"epoch {epoch}"
         producers = {pid for pid, _, _ in collate_module._mapped.values()}
         assert len(producers) == 2  # this epoch's two workers only
+
+
+def test_a_batch_naming_an_unmapped_slab_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="never mapped"):
+        collate_module._from_slab(12345, [0], [], [])
