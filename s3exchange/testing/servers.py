@@ -295,6 +295,63 @@ def _free_port_pairs(count: int, exclude: set[int]) -> list[int]:
     return ports
 
 
+# Listening addresses in /proc/net/tcp{,6} that a connection to 127.0.0.1 reaches: 127.0.0.1,
+# 0.0.0.0, :: and ::ffff:127.0.0.1 (hex, as the kernel writes them).
+_LOOPBACK_REACHING = frozenset(
+    {"0100007F", "00000000", "0" * 32, "0000000000000000FFFF00000100007F"}
+)
+
+
+def _listeners(port: int) -> set[str] | None:
+    """Socket inodes listening where a connection to 127.0.0.1:``port`` lands; None without
+    ``/proc`` (not Linux), where ownership cannot be checked."""
+    found: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            fields = row.split()
+            address, _, hex_port = fields[1].rpartition(":")
+            listening = fields[3] == "0A"
+            if listening and int(hex_port, 16) == port and address in _LOOPBACK_REACHING:
+                found.add(fields[9])
+    return found if readable else None
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process ``pid`` holds open (empty once it has exited)."""
+    inodes: set[str] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _serves_port(process: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether ``process`` is alive and every listener on 127.0.0.1:``port`` is its own.
+
+    Answering HTTP on the port proves nothing: another server may hold it while ours has
+    failed to bind (issue 11: writes once went to that other server).
+    """
+    if process.poll() is not None:
+        return False
+    listening = _listeners(port)
+    if listening is None:  # no /proc: alive and answering is the best evidence there is
+        return True
+    return bool(listening) and listening <= _socket_inodes(process.pid)
+
+
 def _http_ok(url: str, timeout: float) -> bool:
     """True if ``url`` answers any HTTP status (proxies from the environment are ignored)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -308,16 +365,29 @@ def _http_ok(url: str, timeout: float) -> bool:
 
 
 def _start_failed(
-    process: subprocess.Popen[bytes], output: _OutputTail, what: str, cleanup: tuple[Path, ...]
+    process: subprocess.Popen[bytes],
+    output: _OutputTail,
+    what: str,
+    cleanup: tuple[Path, ...],
+    port: int,
 ) -> ServerStartError:
-    """Stop a server that failed to start and build an error carrying its output."""
-    if process.poll() is None:
+    """Stop a server that failed to start and build an error naming the port, saying whether
+    its own process exited (and with which code) or never became ready, with its output."""
+    exited = process.poll()
+    if exited is None:
         process.kill()
     process.wait()
+    held = _listeners(port)
     output.join(timeout=5.0)
     _remove(cleanup)
+    if exited is None:
+        how = f"not ready in time, killed (exit code {process.returncode})"
+    else:
+        how = f"its process exited with code {exited}"
+    if held:
+        how += f"; port {port} is held by another process"
     tail = output.text()[-8000:]
-    return ServerStartError(f"{what} (exit code {process.returncode}); output:\n{tail}")
+    return ServerStartError(f"{what}: {how}; output:\n{tail}")
 
 
 # --- moto -------------------------------------------------------------------------------------
@@ -329,7 +399,11 @@ def moto_available() -> bool:
 
 
 def start_moto(port: int = 0, *, timeout: float = 30.0) -> RunningServer:
-    """Start ``python -m moto.server`` on 127.0.0.1 (a free port when ``port`` is 0)."""
+    """Start ``python -m moto.server`` on 127.0.0.1 (a free port when ``port`` is 0).
+
+    Started means this process listens on the port: one held by another server is a
+    :class:`ServerStartError` naming the port and this process's exit code.
+    """
     if not moto_available():
         raise ServerStartError("moto is not installed: pip install 'moto[server]>=5'")
     for attempt in range(3):
@@ -342,11 +416,12 @@ def start_moto(port: int = 0, *, timeout: float = 30.0) -> RunningServer:
         endpoint = f"http://{LOOPBACK}:{chosen}"
         deadline = began + timeout
         while time.monotonic() < deadline and process.poll() is None:
-            if _http_ok(f"{endpoint}/moto-api/", timeout=1.0):
+            if _serves_port(process, chosen) and _http_ok(f"{endpoint}/moto-api/", timeout=1.0):
                 s3 = LocalS3(endpoint, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY, _REGION, "moto")
                 return RunningServer(process, s3, output, started_in_s=time.monotonic() - began)
             time.sleep(0.05)
-        error = _start_failed(process, output, f"moto did not start on {endpoint}", ())
+        what = f"moto did not start on {endpoint} (port {chosen})"
+        error = _start_failed(process, output, what, (), chosen)
         if port or attempt == 2 or "Address already in use" not in str(error):
             raise error
     raise AssertionError("unreachable")  # pragma: no cover
@@ -404,7 +479,8 @@ def start_seaweedfs(
 
     Every component gets its own free port (and gRPC port = port + 10000), so several
     instances can run at once. Auth is off, so any access key is accepted. Without
-    ``data_dir`` the data lives in a temporary directory removed by ``stop()``.
+    ``data_dir`` the data lives in a temporary directory removed by ``stop()``. A ``port`` held
+    by another server is a :class:`ServerStartError` naming it, never a "started" server.
     """
     weed = weed_binary()
     if weed is None:
@@ -456,11 +532,17 @@ def start_seaweedfs(
     cleanup = (runtime, *sockets)
     deadline = began + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        if _http_ok(endpoint, timeout=1.0) and _seaweedfs_ready(s3, timeout=5.0):
+        if (
+            _serves_port(process, s3_port)
+            and _http_ok(endpoint, timeout=1.0)
+            and _seaweedfs_ready(s3, timeout=5.0)
+            and _serves_port(process, s3_port)  # still ours after the probe
+        ):
             started = time.monotonic() - began
             return RunningServer(process, s3, output, started_in_s=started, cleanup=cleanup)
         time.sleep(0.1)
-    raise _start_failed(process, output, f"SeaweedFS did not start on {endpoint}", cleanup)
+    what = f"SeaweedFS did not start on {endpoint} (port {s3_port})"
+    raise _start_failed(process, output, what, cleanup, s3_port)
 
 
 # --- either -----------------------------------------------------------------------------------
