@@ -41,6 +41,7 @@ __all__ = [
     "ShardWriteResult",
     "iter_shard",
     "read_internal_manifest",
+    "sample_key",
     "split_items",
     "write_shard",
 ]
@@ -150,29 +151,45 @@ def _item_size(item: ShardItem) -> int:
     )
 
 
+_SAMPLE_KEY = re.compile(r"^((?:.*/|)[^.]+)[.][^/]*$")
+"""webdataset's ``base_plus_ext``: the key is the path up to the first dot of its basename."""
+
+
+def sample_key(member_path: str) -> str:
+    """The webdataset sample ``member_path`` belongs to; a path without extension is its own."""
+    match = _SAMPLE_KEY.match(member_path)
+    return match.group(1) if match else member_path
+
+
 def split_items(
     items: Iterable[ShardItem], max_entries: int | None = None, max_bytes: int | None = None
 ) -> list[list[ShardItem]]:
-    """Cut ``items`` into consecutive batches of at most ``max_entries`` items and ``max_bytes``.
+    """Cut ``items`` into batches of at most ``max_entries`` items and ``max_bytes``.
 
-    Sizes are member sizes (tar headers not counted). An item larger than ``max_bytes`` gets a
-    batch of its own. Order is kept and no batch is empty. Sizes are only looked up when
-    ``max_bytes`` is given; a non-seekable stream without ``size_bytes`` then raises ValueError.
+    Files of one webdataset sample (:func:`sample_key`: ``x.jpg`` and ``x.json``) always land
+    in one batch, next to each other where the first of them stood, so a reader grouping by key
+    never sees a sample split. Otherwise order is kept. Sizes are member sizes (tar headers not
+    counted); a sample larger than the limits gets a batch of its own. No batch is empty. Sizes
+    are only looked up when ``max_bytes`` is given; a non-seekable stream without
+    ``size_bytes`` then raises ValueError.
     """
     for name, limit in (("max_entries", max_entries), ("max_bytes", max_bytes)):
         if limit is not None and limit <= 0:
             raise ValueError(f"{name} must be positive, got {limit}")
+    samples: dict[str, list[ShardItem]] = {}
+    for item in items:
+        samples.setdefault(sample_key(item["member_path"]), []).append(item)
     batches: list[list[ShardItem]] = []
     batch: list[ShardItem] = []
     batch_bytes = 0
-    for item in items:
-        size = _item_size(item) if max_bytes is not None else 0
-        full = max_entries is not None and len(batch) >= max_entries
+    for sample in samples.values():
+        size = sum(_item_size(item) for item in sample) if max_bytes is not None else 0
+        full = max_entries is not None and len(batch) + len(sample) > max_entries
         over = max_bytes is not None and batch_bytes + size > max_bytes
         if batch and (full or over):
             batches.append(batch)
             batch, batch_bytes = [], 0
-        batch.append(item)
+        batch += sample
         batch_bytes += size
     if batch:
         batches.append(batch)
