@@ -23,6 +23,7 @@ from .errors import (
     StorageError,
     UploadError,
 )
+from .keys import LiteralKey
 from .settings import S3Settings
 from .shard import Shard, ShardMember
 from .shard_writer import ShardWriter
@@ -51,6 +52,7 @@ __all__ = [
     "IntegrityError",
     "InvalidKeyError",
     "InvalidManifestError",
+    "LiteralKey",
     "ManifestEntry",
     "ManifestNotFoundError",
     "ManifestRefEntry",

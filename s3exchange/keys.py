@@ -12,12 +12,25 @@ from .errors import InvalidKeyError, MissingPlaceholderError
 _FORMATTER = string.Formatter()
 
 
+class LiteralKey(str):
+    """A key taken as it is, braces included: never filled from placeholders.
+
+    ``list_keys``/``list_objects`` return their keys as ``LiteralKey`` so they open whatever
+    they hold (``weird/{raw}.txt``); wrap a stored key you hold as a plain ``str`` the same
+    way. It is a ``str`` in every other respect (equality, hashing, JSON, printing).
+    """
+
+    __slots__ = ()
+
+
 def resolve_template(template: str, variables: Mapping[str, Any]) -> str:
     """Fill every ``{name}`` of ``template`` from ``variables``; ``{{``/``}}`` are literal braces.
 
     Format specs work as in ``str.format`` (``{shard:05d}``); attribute and index access do not,
-    because a key template is data, not code.
+    because a key template is data, not code. A :class:`LiteralKey` is returned unchanged.
     """
+    if isinstance(template, LiteralKey):
+        return template
     parts: list[str] = []
     try:
         parsed = list(_FORMATTER.parse(template))

@@ -30,7 +30,7 @@ from .errors import (
     ShardWriteError,
     StorageError,
 )
-from .keys import KeySpace, resolve_template, split_virtual_key, virtual_key
+from .keys import KeySpace, LiteralKey, resolve_template, split_virtual_key, virtual_key
 from .multipart import DEFAULT_PART_SIZE, MultipartWriter
 from .settings import redact_secrets_in_logs
 from .shard import (
@@ -321,15 +321,18 @@ class S3ExchangeStore:
     # -- listing -------------------------------------------------------------------------------
 
     def list_keys(self, prefix: str = "", vars: Mapping[str, Any] | None = None) -> Iterator[str]:
-        """Logical keys under ``prefix``, paginated lazily."""
-        for obj in self._bucket.list_objects(self.resolve(prefix, vars) if prefix else ""):
+        """Logical keys under ``prefix``, paginated lazily; each a :class:`LiteralKey`, so it
+        opens as listed even when it holds braces."""
+        for obj in self.list_objects(prefix, vars):
             yield obj["key"]
 
     def list_objects(
         self, prefix: str = "", vars: Mapping[str, Any] | None = None
     ) -> Iterator[ListedObject]:
-        """Objects under ``prefix`` with size, ETag and modification time."""
-        return self._bucket.list_objects(self.resolve(prefix, vars) if prefix else "")
+        """Objects under ``prefix`` with size, ETag and modification time; keys as in
+        :meth:`list_keys`."""
+        listed = self._bucket.list_objects(self.resolve(prefix, vars) if prefix else "")
+        return ({**obj, "key": LiteralKey(obj["key"])} for obj in listed)
 
     # -- manifests -----------------------------------------------------------------------------
 

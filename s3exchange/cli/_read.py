@@ -7,7 +7,7 @@ import sys
 from typing import IO, TYPE_CHECKING, TypedDict
 
 from ..errors import ObjectNotFoundError
-from ..keys import split_virtual_key
+from ..keys import LiteralKey, split_virtual_key
 from ..types import Compression, ShardEntry
 from ._common import CHUNK, ExitCode, Progress, emit, emit_json, human_size, open_store
 from ._walk import walk_manifest
@@ -22,7 +22,7 @@ BIG_OBJECT = 64 << 20
 def cmd_ls(args: argparse.Namespace) -> int:
     """Keys under a prefix with their sizes."""
     store = open_store(args)
-    for obj in store.list_objects(args.prefix):
+    for obj in store.list_objects(LiteralKey(args.prefix)):  # as printed, braces included
         if args.json:
             emit_json(obj)
         else:
@@ -38,11 +38,12 @@ def cmd_cat(args: argparse.Namespace) -> int:
     """Stream an object, or one member of a shard (``archive#member``), to stdout."""
     store = open_store(args)
     out = sys.stdout.buffer
-    archive, member = split_virtual_key(args.key)
-    if member is not None and not store.exists(args.key):
+    key = LiteralKey(args.key)  # a key as `ls` prints it, braces included
+    archive, member = split_virtual_key(key)
+    if member is not None and not store.exists(key):
         _cat_member(store, archive, member, out)
         return ExitCode.OK
-    with store.get_object(args.key) as stream:
+    with store.get_object(key) as stream:
         size = stream.size or 0
         show = size >= BIG_OBJECT and not sys.stdout.isatty()
         with Progress(args.key, size, enabled=None if show else False) as bar:
