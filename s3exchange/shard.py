@@ -6,8 +6,9 @@ touches the network, and memory stays bounded by the chunk size, never by a memb
 
 Layout: ``__manifest__.jsonl`` first (one :class:`~s3exchange.types.FileEntry` line per data
 member, in member order, with ``size_bytes`` and ``crc32c``), then the members, then the two zero
-blocks that mark the end of a tar. Headers are PAX, mode 0644, mtime 0 and uid/gid 0, so the same
-items always give the same bytes. ``tarfile`` and ``webdataset`` read the result as a plain tar.
+blocks that mark the end of a tar. Headers are PAX, mode 0644 and uid/gid 0; mtime is a path
+source's own (whole seconds) and 0 for bytes and streams, so the same items always give the same
+bytes. ``tarfile`` and ``webdataset`` read the result as a plain tar.
 """
 
 from __future__ import annotations
@@ -393,12 +394,12 @@ def _encode_manifest(plans: Sequence[_Planned], archive_key: str) -> bytes:
     return data
 
 
-def _tar_header(name: str, size: int) -> bytes:
+def _tar_header(name: str, size: int, mtime: int = 0) -> bytes:
     """A deterministic PAX header block (plus extended header when the name or size needs one)."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
-    info.mtime = 0
+    info.mtime = mtime
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     info.type = tarfile.REGTYPE
@@ -454,8 +455,21 @@ def _member_chunks(
         yield from _exact_chunks(source.read, plan, chunk_size, archive_key)
 
 
-def _write_member(sink: _Sink, name: str, size: int, chunks: Iterable[bytes | memoryview]) -> None:
-    sink.write(_tar_header(name, size))
+def _source_mtime(source: object) -> int:
+    """A path source's modification time for its tar header (``tar tv`` showed 1970); 0 for
+    bytes and streams, which have none, so their shards stay byte-identical run to run."""
+    if isinstance(source, str | os.PathLike):
+        try:
+            return max(0, int(os.stat(source).st_mtime))
+        except OSError:
+            return 0  # the data pass opens it again and reports the error
+    return 0
+
+
+def _write_member(
+    sink: _Sink, name: str, size: int, chunks: Iterable[bytes | memoryview], mtime: int = 0
+) -> None:
+    sink.write(_tar_header(name, size, mtime))
     for chunk in chunks:
         sink.write(chunk)
     if size % _BLOCK:
@@ -497,7 +511,8 @@ def write_shard(
     sink = _Sink(out, compression, compresslevel)
     _write_member(sink, INTERNAL_MANIFEST_PATH, len(manifest), [manifest])
     for plan in plans:
-        _write_member(sink, plan.path, plan.size, _member_chunks(plan, chunk_size, archive_key))
+        chunks = _member_chunks(plan, chunk_size, archive_key)
+        _write_member(sink, plan.path, plan.size, chunks, _source_mtime(plan.item["source"]))
     sink.write(_EOF_MARKER)
     sink.finish()
     return ShardWriteResult(
