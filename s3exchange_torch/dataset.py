@@ -29,7 +29,7 @@ Design, in the order a sample travels:
   :class:`~s3exchange_torch.collate.Sample` ``(data, entry)`` tuple, which ``default_collate``
   packs into one shared-memory tensor per batch (:class:`~s3exchange_torch.collate.PackedBatch`),
   so a plain ``DataLoader(ds, batch_size=...)`` hands batches over faster than a list of
-  ``bytes`` (1.25-1.8x on the 2-core shards benchmark). With ``group_by="key"`` a sample is a
+  ``bytes`` (1.2-1.8x on the 2-core shards benchmark). With ``group_by="key"`` a sample is a
   webdataset-style dict (``__key__``, ``__url__`` and one ``bytes`` value per field) and
   ``transform(sample, entries)`` receives the member entries.
 
