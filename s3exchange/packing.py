@@ -17,9 +17,13 @@ uploads only what is missing:
   plan does not produce, means the source directory or the split options changed: the run
   fails with :class:`PackConflictError` before uploading anything.
 
-Shard entries are appended with ``append_parts`` in index order every ``checkpoint_every``
-shards or ``checkpoint_seconds``, and once more when the run ends or fails, so an interrupted
-run keeps what it finished.
+Finished mark: while a run is under way its shard entries are checkpointed (``append_parts``,
+every ``checkpoint_every`` shards or ``checkpoint_seconds``, and once more when the run ends or
+fails) into a side manifest, :func:`unfinished_key` (``<manifest>.unfinished.jsonl``), so an
+interrupted run keeps what it finished. Only a run that completes appends its entries to the
+manifest key (one part, in shard order) and then deletes the side manifest. So a manifest is
+whole unless its side manifest exists beside it; readers (``verify``) refuse it then, and a
+rerun of the same command finishes the job.
 """
 
 from __future__ import annotations
@@ -56,11 +60,15 @@ __all__ = [
     "reconcile",
     "scan_directory",
     "shard_key",
+    "unfinished_key",
 ]
 
 Action = Literal["skip", "upload", "replace", "restore"]
 """What a run does with one planned shard (see the module docstring)."""
 
+
+UNFINISHED_SUFFIX = ".unfinished.jsonl"
+"""Appended to a manifest key for the checkpoints of a pack that has not finished."""
 
 CHANGED_HINT = (
     "The source directory or the split options (max entries, max bytes, compression) changed "
@@ -170,6 +178,11 @@ def default_prefix(manifest_key: str) -> str:
     """Where shards go by default: ``<manifest directory>/shards``."""
     directory = posixpath.dirname(manifest_key)
     return f"{directory}/shards" if directory else "shards"
+
+
+def unfinished_key(manifest_key: str) -> str:
+    """The side manifest listing the shards of a pack into ``manifest_key`` not yet finished."""
+    return f"{manifest_key}{UNFINISHED_SUFFIX}"
 
 
 def shard_key(prefix: str, index: int, compression: Compression) -> str:
@@ -314,6 +327,38 @@ def _listed_shards(store: S3ExchangeStore, manifest_key: str) -> dict[str, list[
     return listed
 
 
+def _finish(store: S3ExchangeStore, manifest_key: str, plan: Sequence[PlannedShard]) -> str | None:
+    """Move the side manifest's entries the manifest lacks into it (one part), then delete it.
+
+    Returns the part written, if any. A crash in between leaves both; the next run finds every
+    entry listed already and only deletes the side manifest.
+    """
+    side = unfinished_key(manifest_key)
+    order = {shard.archive_key: shard.index for shard in plan}
+    listed = _listed_shards(store, manifest_key)
+    pending = {
+        key: entries[0]
+        for key, entries in _listed_shards(store, side).items()
+        if key not in listed and key in order
+    }
+    part = None
+    if pending:
+        entries = [pending[key] for key in sorted(pending, key=order.__getitem__)]
+        part = store.put_sharded(manifest_key, entries, "append_parts")
+    try:
+        refs = [
+            e["key"]
+            for e in store.iter_manifest_entries(side, resolve_refs=False)
+            if e["kind"] == "manifest_ref"
+        ]
+    except ManifestNotFoundError:
+        return part
+    store.delete_key(side)  # first the root, so no reader meets a dangling reference
+    for ref in refs:
+        store.delete_key(ref)
+    return part
+
+
 def _check_replaceable(store: S3ExchangeStore, task: ShardTask, compression: Compression) -> None:
     """Refuse to overwrite a stored, unlisted archive unless it holds this plan's members."""
     key = task.shard.archive_key
@@ -435,9 +480,8 @@ class _Run:
         if everything:
             self.ready += [e for _, e in sorted(self.finished.items()) if e is not None]
             self.finished = {k: v for k, v in self.finished.items() if v is None}
-        if self.ready:
-            part = self.store.put_sharded(self.manifest_key, self.ready, "append_parts")
-            self.report["parts"].append(part)
+        if self.ready:  # a checkpoint, into the side manifest (see the module docstring)
+            self.store.put_sharded(unfinished_key(self.manifest_key), self.ready, "append_parts")
             self.ready = []
         self.last_flush = time.monotonic()
 
@@ -511,9 +555,11 @@ def pack(
     """Pack every file under ``src_dir`` into shards listed in ``manifest_key``; resumable.
 
     ``prefix`` defaults to :func:`default_prefix` of the manifest key. ``jobs`` shards are
-    built and uploaded at once (threads). Shard uploads under the prefix pending for more than
-    ``stale_uploads_after`` seconds (a killed run's) are aborted first. With ``dry_run``
-    nothing is written and the report counts what a real run would do.
+    built and uploaded at once (threads). Entries reach ``manifest_key`` only when the run
+    completes; until then they are kept in :func:`unfinished_key` (see the module docstring).
+    Shard uploads under the prefix pending for more than ``stale_uploads_after`` seconds (a
+    killed run's) are aborted first. With ``dry_run`` nothing is written and the report counts
+    what a real run would do.
     """
     started = time.monotonic()
     codec: Compression = None if compression in (None, "none") else "gzip"
@@ -538,6 +584,8 @@ def pack(
     except ValueError as exc:
         raise PackError(str(exc)) from None
     listed = _listed_shards(store, manifest_key)
+    for key, entries in _listed_shards(store, unfinished_key(manifest_key)).items():
+        listed.setdefault(key, entries)
     stored = {obj["key"]: obj["size"] for obj in store.list_objects(f"{prefix}/shard-")}
     tasks = reconcile(plan, listed, stored, prefix=prefix)
     _check_all_replaceable(store, tasks, codec, jobs)
@@ -572,6 +620,9 @@ def pack(
         _execute(run, codec, jobs)
         if run.problems:
             raise PackConflictError(run.problems, CHANGED_HINT)
+        part = _finish(store, manifest_key, plan)
+        if part is not None:
+            report["parts"].append(part)
     report["seconds"] = round(time.monotonic() - started, 3)
     return report
 

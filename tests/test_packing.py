@@ -193,11 +193,17 @@ class MemoryStore:
     def parts(self) -> list[list[ShardEntry]]:
         return self.manifests.setdefault("d/m.jsonl", [])
 
-    def iter_manifest_entries(self, key: str) -> Iterator[ShardEntry]:
+    def iter_manifest_entries(self, key: str, resolve_refs: bool = True) -> Iterator[Any]:
         if key not in self.manifests:
             raise ManifestNotFoundError(key)
-        for part in self.manifests[key]:
-            yield from part
+        for n, part in enumerate(self.manifests[key], 1):
+            if resolve_refs:
+                yield from part
+            else:
+                yield {"kind": "manifest_ref", "key": f"{key}.parts/{n}"}
+
+    def delete_key(self, key: str) -> None:
+        self.manifests.pop(key, None)  # a part goes with its root here
 
     def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
         for key in sorted(self.objects):
@@ -258,10 +264,17 @@ def run(store: MemoryStore, src: Path, **kwargs: Any) -> dict[str, Any]:
 
 
 def test_pack_checkpoints_the_manifest_every_n_shards(src: Path) -> None:
-    store = MemoryStore()
+    """Checkpoints go to the side manifest; the manifest gets one part when the run ends."""
+    store = MemoryStore(fail={"d/shards/shard-00004.tar"})
+    with pytest.raises(UploadError):
+        run(store, src, checkpoint_every=2)
+    assert [len(p) for p in store.manifests["d/m.jsonl.unfinished.jsonl"]] == [2, 2]
+    assert "d/m.jsonl" not in store.manifests
+    store.fail.clear()
     report = run(store, src, checkpoint_every=2)
-    assert [len(p) for p in store.parts] == [2, 2, 1]
-    assert report["parts"] == ["d/m.jsonl.parts/1", "d/m.jsonl.parts/2", "d/m.jsonl.parts/3"]
+    assert [len(p) for p in store.parts] == [5]
+    assert report["parts"] == ["d/m.jsonl.parts/1"]
+    assert "d/m.jsonl.unfinished.jsonl" not in store.manifests
 
 
 def test_pack_lists_every_shard_in_order_and_a_rerun_does_nothing(src: Path) -> None:
@@ -283,7 +296,11 @@ def test_pack_failure_still_lists_the_shards_that_finished(src: Path) -> None:
     store = MemoryStore(fail={"d/shards/shard-00002.tar"})
     with pytest.raises(UploadError):
         run(store, src, jobs=1)
-    assert store.listed() == ["d/shards/shard-00000.tar", "d/shards/shard-00001.tar"]
+    side = store.manifests["d/m.jsonl.unfinished.jsonl"]
+    assert [e["archive_key"] for part in side for e in part] == [
+        "d/shards/shard-00000.tar",
+        "d/shards/shard-00001.tar",
+    ]
     store.fail.clear()
     report = run(store, src)
     assert (report["uploaded"], report["skipped"]) == (3, 2)

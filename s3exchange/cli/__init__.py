@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="existence, size and ETag only (HEAD requests); no checksums",
     )
+    verify.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="check a manifest whose pack has not finished (a warning, not a problem)",
+    )
     verify.set_defaults(handler=cmd_verify)
 
     pack = command(

@@ -5,11 +5,16 @@ With data (the default) loose files are streamed through :meth:`S3ExchangeStore.
 internal manifest against the entry's count, per-member checksums), and the members' byte total is
 compared with ``members_size_bytes``. ``--no-data`` checks existence, size and ETag with HEAD
 requests only. Every problem is recorded and the walk goes on.
+
+A manifest a ``pack`` has not finished writing (its side manifest
+:func:`~s3exchange.packing.unfinished_key` exists, or it is that side manifest) is a problem
+unless ``--allow-unfinished``, which turns it into a warning on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..errors import (
@@ -22,8 +27,9 @@ from ..errors import (
     ShardReadError,
 )
 from ..keys import split_virtual_key
+from ..packing import UNFINISHED_SUFFIX, unfinished_key
 from ..types import FileEntry, ShardEntry
-from ._common import CHUNK, ExitCode, Progress, emit, emit_json, human_size, open_store
+from ._common import CHUNK, CliError, ExitCode, Progress, emit, emit_json, human_size, open_store
 from ._read import archive_compression, manifest_stats
 from ._walk import walk_manifest
 
@@ -59,6 +65,7 @@ class VerifyReport(TypedDict):
     shards: int
     members: int
     bytes_checked: int
+    unfinished: str | None
     problems: list[Problem]
 
 
@@ -94,6 +101,7 @@ class Verifier:
             "shards": 0,
             "members": 0,
             "bytes_checked": 0,
+            "unfinished": None,
             "problems": [],
         }
         # members listed one by one (compact --expand-shards): a run of consecutive members of
@@ -236,19 +244,58 @@ def verify_manifest(
     return Verifier(store, key, data=data, bar=bar or Progress("", enabled=False)).run()
 
 
+def unfinished_pack(store: S3ExchangeStore, root: str) -> str | None:
+    """The side manifest of a pack into ``root`` that has not finished, if there is one."""
+    if root.endswith(UNFINISHED_SUFFIX):
+        return root
+    side = unfinished_key(root)
+    return side if store.exists(side) else None
+
+
+UNFINISHED_HINT = "run the same pack command again to finish it"
+
+
+def _check_finished(
+    store: S3ExchangeStore, args: argparse.Namespace
+) -> tuple[str, str | None, Problem | None]:
+    """The manifest to verify, the unfinished pack's side manifest, and its problem if any."""
+    root = store.resolve(args.key)
+    side = unfinished_pack(store, root)
+    if side is None:
+        return args.key, None, None
+    missing = side != root and not store.exists(root)
+    what = f"a pack into {root!r} has not finished ({side!r} lists its shards so far)"
+    if args.allow_unfinished:
+        sys.stderr.write(f"s3exchange: warning: {what}; verifying what it wrote\n")
+        return (side if missing else args.key), side, None
+    if missing:
+        raise CliError(
+            ExitCode.NOT_FOUND,
+            f"manifest not found: {root!r}: {what}; {UNFINISHED_HINT}, or verify "
+            "--allow-unfinished to check what it wrote",
+        )
+    problem = f"{what}; {UNFINISHED_HINT} (--allow-unfinished to accept)"
+    return args.key, side, {"key": root, "manifest": root, "problem": problem}
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Print the problems (or the report as one JSON object); exit 1 if there are any."""
     store = open_store(args)
-    with Progress(f"verify {args.key}", unit="B" if args.data else "obj") as bar:
+    key, side, unfinished = _check_finished(store, args)
+    with Progress(f"verify {key}", unit="B" if args.data else "obj") as bar:
         if bar.enabled:  # a first, cheap pass over the manifests gives the bar its total
             try:
-                stats = manifest_stats(store, args.key)
+                stats = manifest_stats(store, key)
             except (ObjectNotFoundError, InvalidManifestError):
                 pass  # the bar runs without a total; the verify pass reports the problem
             else:
                 objects = stats["files"] + stats["shards"] + stats["expanded_members"]
                 bar.start(stats["file_bytes"] + stats["member_bytes"] if args.data else objects)
-        report = verify_manifest(store, args.key, data=args.data, bar=bar)
+        report = verify_manifest(store, key, data=args.data, bar=bar)
+    report["unfinished"] = side
+    if unfinished is not None:
+        report["problems"].insert(0, unfinished)
+        report["ok"] = False
     if args.json:
         emit_json(report)
     else:

@@ -8,7 +8,17 @@ import sys
 from typing import TYPE_CHECKING
 
 from .. import packing
-from ._common import CliError, ExitCode, Progress, confirm, emit, emit_json, human_size, open_store
+from ._common import (
+    CliError,
+    ExitCode,
+    Progress,
+    confirm,
+    emit,
+    emit_json,
+    human_size,
+    open_store,
+    plural,
+)
 
 if TYPE_CHECKING:
     from ..store import S3ExchangeStore
@@ -18,19 +28,28 @@ def cmd_pack(args: argparse.Namespace) -> int:
     """Pack a local directory into shards and list them in a manifest (see :mod:`..packing`)."""
     options = {"conditional_writes": "off"} if args.no_conditional_writes else {}
     store = open_store(args, **options)
-    with Progress(f"pack {args.manifest_key}") as bar:
-        report = packing.pack(
-            store,
-            args.src_dir,
-            args.manifest_key,
-            max_entries=args.max_entries,
-            max_bytes=args.max_bytes,
-            compression=args.compression,
-            prefix=args.prefix,
-            jobs=args.jobs,
-            dry_run=args.dry_run,
-            progress=bar,
+    try:
+        with Progress(f"pack {args.manifest_key}") as bar:
+            report = packing.pack(
+                store,
+                args.src_dir,
+                args.manifest_key,
+                max_entries=args.max_entries,
+                max_bytes=args.max_bytes,
+                compression=args.compression,
+                prefix=args.prefix,
+                jobs=args.jobs,
+                dry_run=args.dry_run,
+                progress=bar,
+            )
+    except KeyboardInterrupt:
+        manifest = store.resolve(args.manifest_key)
+        sys.stderr.write(
+            f"s3exchange: interrupted: the shards finished so far are kept and listed in "
+            f"{packing.unfinished_key(manifest)!r}; run the same command again to finish the "
+            f"job ({manifest!r} is written only then)\n"
         )
+        return ExitCode.INTERRUPTED
     if args.json:
         emit_json(report)
         return ExitCode.OK
@@ -43,18 +62,18 @@ def cmd_pack(args: argparse.Namespace) -> int:
     done = ", ".join(f"{n} {what}" for n, what in actions if n) or "nothing to do"
     verb = "would pack" if report["dry_run"] else "packed"
     emit(
-        f"{verb} {report['files']:,} files ({human_size(report['member_bytes'])}) into "
-        f"{report['shards']:,} shards under {report['prefix']}/ for {report['manifest_key']}: "
-        f"{done}"
+        f"{verb} {plural(report['files'], 'file')} ({human_size(report['member_bytes'])}) into "
+        f"{plural(report['shards'], 'shard')} under {report['prefix']}/ for "
+        f"{report['manifest_key']}: {done}"
     )
     if not report["dry_run"]:
         emit(
             f"uploaded {human_size(report['uploaded_bytes'])} in {report['seconds']:.1f} s; "
-            f"{len(report['parts'])} manifest parts appended"
+            f"{plural(len(report['parts']), 'manifest part')} appended"
         )
     if report["aborted_uploads"]:
         verb = "would abort" if report["dry_run"] else "aborted"
-        emit(f"{verb} {report['aborted_uploads']} stale shard uploads (a killed run's)")
+        emit(f"{verb} {plural(report['aborted_uploads'], 'stale shard upload')} (a killed run's)")
     return ExitCode.OK
 
 
