@@ -162,7 +162,8 @@ def _corrupt_archive(store: S3ExchangeStore) -> tuple[list[Any], str, type[Excep
     raw = bytearray(store.get_object("w/corrupt.tar").read())
     raw[len(raw) // 3 : 2 * len(raw) // 3] = b"\xff" * (2 * len(raw) // 3 - len(raw) // 3)
     store.put_object("w/corrupt.tar", bytes(raw))
-    return [shard.entry], "w/corrupt.tar", ShardReadError
+    entry = {k: v for k, v in shard.entry.items() if k != "etag"}  # else: ObjectChangedError
+    return [entry], "w/corrupt.tar", ShardReadError
 
 
 def _missing_object(store: S3ExchangeStore) -> tuple[list[Any], str, type[Exception]]:
