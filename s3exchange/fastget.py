@@ -82,7 +82,7 @@ from .sigv4 import Credentials, SigV4Signer
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["FastGetter", "loose_requests_per_worker"]
+__all__ = ["FastGetter"]
 
 log = logging.getLogger(__name__)
 
@@ -130,24 +130,6 @@ class _CredentialSource(Protocol):
     """botocore's ``Credentials`` (refreshable or not)."""
 
     def get_frozen_credentials(self) -> Credentials: ...
-
-
-def loose_requests_per_worker(
-    num_workers: int, pool: int, shard_streams: int, cpu_count: int | None = None
-) -> int:
-    """Loose GETs one DataLoader worker keeps in flight when the user did not choose.
-
-    Requests in flight hide latency: at 30 ms TTFB a worker spending ~250 us of CPU per
-    sample needs ~120 in flight to stay busy, so the connection pool (less the shard streams)
-    and 32 bound it, as before. Threads do not thrash: a worker's CPU per sample measured
-    flat from 2 to 29 io_threads (250-320 us at 2 workers, 400-450 us at 6 workers on 2 cores,
-    /tmp/fg/conc.py); what cost CPU at 12 workers was botocore's ~1.5 ms per GET, now
-    ~130 us. Only when workers outnumber cores is the total held to 32 per core (at least 8
-    per worker), bounding threads and sockets: 12 workers on 16 cores keep 29 each.
-    """
-    cores = cpu_count or os.cpu_count() or 1
-    share = max(8, 32 * cores // max(1, num_workers))
-    return max(1, min(pool - shard_streams, 32, share))
 
 
 # --------------------------------------------------------------------------------------------
