@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypedDict
 
 from .errors import ManifestNotFoundError, S3ExchangeError, ShardReadError
+from .keys import LiteralKey
 from .shard import CHECKSUM_FIELDS, hexdigest, new_digest, split_items
 from .store import STALE_UPLOAD_SECONDS
 from .types import Compression, FileEntry, ShardEntry, ShardItem
@@ -182,13 +183,13 @@ def default_prefix(manifest_key: str) -> str:
 
 def unfinished_key(manifest_key: str) -> str:
     """The side manifest listing the shards of a pack into ``manifest_key`` not yet finished."""
-    return f"{manifest_key}{UNFINISHED_SUFFIX}"
+    return LiteralKey(f"{manifest_key}{UNFINISHED_SUFFIX}")
 
 
 def shard_key(prefix: str, index: int, compression: Compression) -> str:
     """``{prefix}/shard-{index:05d}.tar`` (``.tar.gz`` when gzipped)."""
     suffix = ".tar.gz" if compression == "gzip" else ".tar"
-    return f"{prefix}/shard-{index:05d}{suffix}"
+    return LiteralKey(f"{prefix}/shard-{index:05d}{suffix}")
 
 
 def _item(f: SourceFile) -> ShardItem:
@@ -347,7 +348,7 @@ def _finish(store: S3ExchangeStore, manifest_key: str, plan: Sequence[PlannedSha
         part = store.put_sharded(manifest_key, entries, "append_parts")
     try:
         refs = [
-            e["key"]
+            LiteralKey(e["key"])
             for e in store.iter_manifest_entries(side, resolve_refs=False)
             if e["kind"] == "manifest_ref"
         ]
@@ -567,9 +568,10 @@ def pack(
         raise PackError(f"compression must be 'none' or 'gzip', not {compression!r}")
     if jobs < 1 or checkpoint_every < 1:
         raise PackError("jobs and checkpoint_every must be at least 1")
-    manifest_key = store.resolve(manifest_key)
+    # resolved once; from here on every key is literal (a brace in it is a brace)
+    manifest_key = LiteralKey(store.resolve(manifest_key))
     prefix = store.resolve(prefix).strip("/") if prefix is not None else ""
-    prefix = prefix or default_prefix(manifest_key)
+    prefix = LiteralKey(prefix or default_prefix(manifest_key))
     files = scan_directory(src_dir)
     if not files:
         raise PackError(f"no files under {os.fspath(src_dir)!r}")
@@ -586,10 +588,11 @@ def pack(
     listed = _listed_shards(store, manifest_key)
     for key, entries in _listed_shards(store, unfinished_key(manifest_key)).items():
         listed.setdefault(key, entries)
-    stored = {obj["key"]: obj["size"] for obj in store.list_objects(f"{prefix}/shard-")}
+    shards = LiteralKey(f"{prefix}/shard-")
+    stored = {obj["key"]: obj["size"] for obj in store.list_objects(shards)}
     tasks = reconcile(plan, listed, stored, prefix=prefix)
     _check_all_replaceable(store, tasks, codec, jobs)
-    stale = store.abort_stale_uploads(f"{prefix}/shard-", stale_uploads_after, dry_run=dry_run)
+    stale = store.abort_stale_uploads(shards, stale_uploads_after, dry_run=dry_run)
     report: PackReport = {
         "manifest_key": manifest_key,
         "prefix": prefix,

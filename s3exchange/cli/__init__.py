@@ -20,6 +20,7 @@ Exit codes:
 6    other storage error (unreachable endpoint, failed upload, failed deletes)
 7    conflict: ``pack`` found a manifest written from other files or options, or a
      concurrent manifest update kept failing
+8    a key template names a ``{placeholder}`` that no ``--var NAME=VALUE`` fills
 130  interrupted (Ctrl-C)
 141  stdout closed early (e.g. piped into ``head``)
 ==== =====================================================================================
@@ -39,6 +40,7 @@ from ..errors import (
     IntegrityError,
     InvalidKeyError,
     InvalidManifestError,
+    MissingPlaceholderError,
     ObjectNotFoundError,
     S3ExchangeError,
     ShardReadError,
@@ -47,7 +49,14 @@ from ..errors import (
 )
 from ..packing import PackConflictError, PackError
 from ..store import STALE_UPLOAD_SECONDS
-from ._common import CliError, ExitCode, parse_duration, parse_size, positive_int
+from ._common import (
+    CliError,
+    ExitCode,
+    parse_duration,
+    parse_size,
+    parse_var,
+    positive_int,
+)
 from ._read import cmd_cat, cmd_ls, cmd_manifest_show, cmd_manifest_stats
 from ._verify import cmd_verify
 from ._write import cmd_compact, cmd_gc, cmd_pack, cmd_rm
@@ -61,6 +70,7 @@ exit codes:
   2  usage, unreadable file, refused  7  conflict (pack: source or options changed)
   3  not found                      130  interrupted
   4  invalid manifest/shard/data    141  stdout closed early
+  8  missing {placeholder} in a key (pass --var NAME=VALUE)
 
 settings: S3EXCHANGE_ENDPOINT_URL, S3EXCHANGE_BUCKET, S3EXCHANGE_BASE_PREFIX, S3EXCHANGE_REGION,
 S3EXCHANGE_AWS_ACCESS_KEY_ID, S3EXCHANGE_AWS_SECRET_ACCESS_KEY (or the AWS credential chain),
@@ -76,6 +86,15 @@ def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group.add_argument("--bucket", default=default)
     group.add_argument("--base-prefix", default=default, metavar="PREFIX")
     group.add_argument("--region", default=default)
+    group.add_argument(
+        "--var",
+        action="append",
+        type=parse_var,
+        default=default,
+        metavar="NAME=VALUE",
+        help="fill {NAME} in key templates (repeatable); keys are templates only with --var, "
+        "except those pack and compact create",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,7 +266,9 @@ def exit_code(error: BaseException) -> ExitCode | None:
     ]
     if isinstance(error, CliError):
         return error.code
-    if _no_credentials(error):
+    if isinstance(error, MissingPlaceholderError):
+        return ExitCode.PLACEHOLDER
+    if _no_credentials(error) or _denied(error):
         return ExitCode.DENIED
     if isinstance(error, StorageError) and error.code in ("NoSuchBucket", "NoSuchUpload"):
         return ExitCode.NOT_FOUND
@@ -269,15 +290,34 @@ def _no_credentials(error: BaseException) -> bool:
     return False
 
 
-def _message(error: BaseException) -> str:
+def _denied(error: BaseException) -> bool:
+    """Whether S3 refused the request (an upload's failure carries the S3 error as its cause)."""
+    from botocore.exceptions import ClientError
+
+    from ..bucket import DENIED_CODES, error_code
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, AccessDeniedError):
+            return True
+        if isinstance(cause, ClientError) and error_code(cause) in DENIED_CODES:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _message(error: BaseException, args: argparse.Namespace) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
+    bucket, endpoint = getattr(args, "connection", (getattr(args, "bucket", None), None))
+    if isinstance(error, StorageError) and error.code == "NoSuchBucket":
+        return f"bucket {bucket!r} not found at {endpoint or 'the endpoint'} ({text})"
     if _no_credentials(error):
         return (
             "no credentials: set S3EXCHANGE_AWS_ACCESS_KEY_ID and S3EXCHANGE_AWS_SECRET_ACCESS_KEY"
             " (or configure the AWS credential chain)"
         )
-    if isinstance(error, AccessDeniedError):
-        return f"{text} (check the credentials and the bucket's permissions)"
+    if _denied(error):
+        return f"{text} (check the credentials and the permissions on bucket {bucket!r})"
     if isinstance(error, ConcurrentModificationError) and "conditional_writes" in text:
         return f"{text} (with the CLI: pack --no-conditional-writes)"
     return text
@@ -301,5 +341,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exit_code(error)
         if code is None:
             raise  # a bug: keep the traceback
-        sys.stderr.write(f"s3exchange: error: {_message(error)}\n")
+        sys.stderr.write(f"s3exchange: error: {_message(error, args)}\n")
         return code

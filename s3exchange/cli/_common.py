@@ -8,6 +8,7 @@ import json
 import re
 import sys
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from ..store import S3ExchangeStore
@@ -26,6 +27,7 @@ class ExitCode(enum.IntEnum):
     DENIED = 5
     STORAGE = 6
     CONFLICT = 7
+    PLACEHOLDER = 8
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -40,19 +42,118 @@ class CliError(Exception):
 
 CONNECTION_OPTIONS = ("endpoint_url", "bucket", "base_prefix", "region")
 
+KEY_ARGUMENTS = ("key", "prefix", "manifest_key", "manifest", "src", "dst")
+"""The attributes of a parsed command line that hold a key or a key prefix."""
+
+CREATED_KEYS = {("pack", "manifest_key"), ("pack", "prefix"), ("compact", "dst")}
+"""Keys a command creates: templates even without ``--var``, so ``{name}`` is never silent."""
+
+_INTEGER = re.compile(r"-?[1-9][0-9]*|0")
+
+
+def parse_var(text: str) -> tuple[str, str | int]:
+    """``NAME=VALUE`` for argparse; a canonical integer (``7``, not ``007``) becomes an int."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"not NAME=VALUE: {text!r}")
+    return name, int(value) if _INTEGER.fullmatch(value) else value
+
+
+def _template_error(key: str, error: Exception) -> CliError:
+    from ..errors import InvalidKeyError, MissingPlaceholderError
+
+    if isinstance(error, MissingPlaceholderError):
+        name = error.placeholder
+        return CliError(
+            ExitCode.PLACEHOLDER,
+            f"missing placeholder {{{name}}} in key {key!r}: pass --var {name}=VALUE "
+            "(or write {{ and }} for literal braces)",
+        )
+    if isinstance(error, InvalidKeyError):
+        return CliError(ExitCode.USAGE, str(error))
+    return CliError(ExitCode.USAGE, f"invalid key template {key!r}: {error}")
+
+
+def locate_keys(args: argparse.Namespace) -> str | None:
+    """Turn the command's key arguments into literal keys; the bucket ``s3://`` URLs name.
+
+    A key is taken as given (as ``ls`` prints it, braces included) unless ``--var`` is given
+    or the command creates it (:data:`CREATED_KEYS`): then it is a template filled from the
+    ``--var`` values. ``s3://bucket/key`` gives the bucket and the key.
+    """
+    from ..keys import LiteralKey, resolve_template
+
+    variables = dict(getattr(args, "var", None) or ())
+    buckets: dict[str, str] = {}
+    for name in KEY_ARGUMENTS:
+        key = getattr(args, name, None)
+        if not isinstance(key, str):
+            continue
+        if variables or (args.command, name) in CREATED_KEYS:
+            try:
+                key = resolve_template(key, variables)
+            except (KeyError, ValueError) as exc:
+                raise _template_error(getattr(args, name), exc) from None
+        if key.startswith("s3://"):
+            bucket, _, key = key[len("s3://") :].partition("/")
+            if not bucket:
+                raise CliError(ExitCode.USAGE, f"no bucket in {getattr(args, name)!r}")
+            buckets.setdefault(bucket, getattr(args, name))
+        setattr(args, name, LiteralKey(key))
+    if len(buckets) > 1:
+        raise CliError(ExitCode.USAGE, f"keys in two buckets: {', '.join(buckets.values())}")
+    named = next(iter(buckets), None)
+    flag = getattr(args, "bucket", None)
+    if named is not None and flag is not None and flag != named:
+        raise CliError(
+            ExitCode.USAGE,
+            f"--bucket {flag} clashes with {buckets[named]!r} (bucket {named!r}): give one",
+        )
+    if named is not None and getattr(args, "base_prefix", None):
+        raise CliError(ExitCode.USAGE, "--base-prefix does not apply to s3:// keys (full keys)")
+    return named
+
+
+def check_endpoint(url: str | None) -> None:
+    """Refuse an endpoint URL without a scheme or with a path (a bucket), naming it."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CliError(
+            ExitCode.USAGE,
+            f"invalid endpoint URL {url!r}: it needs a scheme, e.g. http://{url.split('//')[-1]}",
+        )
+    path = parts.path.strip("/")
+    if path:
+        bucket = path.split("/")[0]
+        raise CliError(
+            ExitCode.USAGE,
+            f"endpoint URL {url!r} holds a path ({parts.path!r}); an S3 endpoint has none: "
+            f"give {parts.scheme}://{parts.netloc} and the bucket as --bucket {bucket} "
+            f"or in the key (s3://{bucket}/KEY)",
+        )
+
 
 def open_store(args: argparse.Namespace, **kwargs: Any) -> S3ExchangeStore:
-    """A store from ``S3EXCHANGE_*`` settings (environment, ``.env``) and the command's flags."""
+    """A store from ``S3EXCHANGE_*`` settings (environment, ``.env``) and the command's flags.
+
+    The key arguments become literal keys first (:func:`locate_keys`); the bucket and endpoint
+    used are kept on ``args`` (``connection``) for error messages.
+    """
     from pydantic import ValidationError
 
     from ..settings import S3Settings
     from ..store import S3ExchangeStore
 
+    url_bucket = locate_keys(args)
     overrides = {
         name: value
         for name in CONNECTION_OPTIONS
         if (value := getattr(args, name, None)) is not None
     }
+    if url_bucket is not None:
+        overrides.update(bucket=url_bucket, base_prefix="")
     try:
         settings = S3Settings(**overrides)
     except ValidationError as exc:
@@ -60,8 +161,12 @@ def open_store(args: argparse.Namespace, **kwargs: Any) -> S3ExchangeStore:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise CliError(ExitCode.USAGE, f"invalid settings: {problems}") from None
+    check_endpoint(settings.endpoint_url)
     if not settings.bucket:
-        raise CliError(ExitCode.USAGE, "no bucket: set S3EXCHANGE_BUCKET or pass --bucket")
+        raise CliError(
+            ExitCode.USAGE, "no bucket: set S3EXCHANGE_BUCKET, pass --bucket or an s3:// key"
+        )
+    args.connection = (settings.bucket, settings.endpoint_url or "AWS S3")
     return S3ExchangeStore.from_settings(settings, **kwargs)
 
 

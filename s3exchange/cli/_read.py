@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
-from typing import IO, TYPE_CHECKING, TypedDict
+from collections.abc import Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, TypedDict
 
 from ..errors import ObjectNotFoundError
-from ..keys import LiteralKey, split_virtual_key
-from ..types import Compression, ShardEntry
+from ..keys import LiteralKey, split_virtual_key, virtual_key
+from ..types import INTERNAL_MANIFEST_PATH, Compression, ShardEntry
 from ._common import CHUNK, ExitCode, Progress, emit, emit_json, human_size, open_store
 from ._walk import walk_manifest
 
@@ -20,14 +22,36 @@ BIG_OBJECT = 64 << 20
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """Keys under a prefix with their sizes."""
+    """Keys under a prefix with their sizes; ``archive#`` (or ``archive#prefix``): its members."""
     store = open_store(args)
-    for obj in store.list_objects(LiteralKey(args.prefix)):  # as printed, braces included
+    listed: Iterator[Mapping[str, Any]]
+    listed = store.list_objects(LiteralKey(args.prefix))  # as printed, braces included
+    archive, sep, member_prefix = args.prefix.partition("#")
+    if sep:
+        first = next(listed, None)
+        if first is None:  # no key holds the '#': list the archive's members
+            listed = _members(store, LiteralKey(archive), member_prefix)
+        else:
+            listed = itertools.chain([first], listed)
+    for obj in listed:
         if args.json:
             emit_json(obj)
         else:
             emit(f"{obj['size']:>14}  {obj['key']}")
     return ExitCode.OK
+
+
+def _members(store: S3ExchangeStore, archive: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """``archive#member`` keys and sizes, from the internal manifest (the archive's head only)."""
+    entry: ShardEntry = {
+        "kind": "shard",
+        "archive_key": archive,
+        "compression": archive_compression(archive),
+    }
+    for member in store.read_shard_manifest(entry):
+        path = member["member_path"]
+        if path.startswith(prefix):
+            yield {"key": virtual_key(archive, path), "size": member.get("size_bytes", 0)}
 
 
 def archive_compression(archive_key: str) -> Compression:
@@ -40,8 +64,11 @@ def cmd_cat(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     key = LiteralKey(args.key)  # a key as `ls` prints it, braces included
     archive, member = split_virtual_key(key)
+    if member == INTERNAL_MANIFEST_PATH and not store.exists(key):
+        _cat_internal_manifest(store, LiteralKey(archive))
+        return ExitCode.OK
     if member is not None and not store.exists(key):
-        _cat_member(store, archive, member, out)
+        _cat_member(store, LiteralKey(archive), member, out)
         return ExitCode.OK
     with store.get_object(key) as stream:
         size = stream.size or 0
@@ -52,6 +79,18 @@ def cmd_cat(args: argparse.Namespace) -> int:
                 bar.advance(len(chunk))
     out.flush()
     return ExitCode.OK
+
+
+def _cat_internal_manifest(store: S3ExchangeStore, archive: str) -> None:
+    """The archive's first member, its internal manifest, as JSON Lines (as stored)."""
+    entry: ShardEntry = {
+        "kind": "shard",
+        "archive_key": archive,
+        "compression": archive_compression(archive),
+    }
+    for member in store.read_shard_manifest(entry):
+        emit_json(member)
+    sys.stdout.flush()
 
 
 def _cat_member(store: S3ExchangeStore, archive: str, member: str, out: IO[bytes]) -> None:

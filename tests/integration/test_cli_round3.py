@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_cli import EXIT_NOT_FOUND, EXIT_PROBLEMS, Cli, clean_env
+from test_cli import (
+    EXIT_DENIED,
+    EXIT_NOT_FOUND,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    Cli,
+    clean_env,
+)
 
 from s3exchange import S3ExchangeStore, ShardEntry
 from s3exchange.shard import sample_key
 
 if TYPE_CHECKING:
     from s3exchange.testing import RunningServer
+
+EXIT_PLACEHOLDER = 8
 
 
 @pytest.fixture
@@ -133,3 +146,162 @@ def test_verify_refuses_a_manifest_with_a_pack_into_it_under_way(
     report = cli.json("verify", "b/train.jsonl", "--allow-unfinished")
     assert (report["ok"], report["shards"]) == (True, 1)
     assert report["unfinished"] == "b/train.jsonl.unfinished.jsonl"
+
+
+# -- 2. s3://bucket/key addresses -----------------------------------------------------------------
+
+
+def test_s3_urls_give_the_bucket_to_every_command(
+    cli: Cli, store: S3ExchangeStore, bucket: str, tmp_path: Path
+) -> None:
+    src = _image_samples(tmp_path / "src", 3)
+    env = {k: v for k, v in cli.env.items() if k != "S3EXCHANGE_BUCKET"}
+    url = Cli(env, cli.cwd)
+    plan = url.json("pack", str(src), f"s3://{bucket}/y/train.jsonl", "--dry-run")
+    assert (plan["manifest_key"], plan["prefix"]) == ("y/train.jsonl", "y/shards")
+    url.ok("pack", str(src), f"s3://{bucket}/y/train.jsonl")
+    listed = url.jsonl("ls", f"s3://{bucket}/y/", "--json")
+    assert [o["key"] for o in listed if "parts/" not in o["key"]] == [
+        "y/shards/shard-00000.tar",
+        "y/train.jsonl",
+    ]
+    assert url.ok("cat", f"s3://{bucket}/y/shards/shard-00000.tar#0001.json") == b'{"label": 1}'
+    assert url.json("verify", f"s3://{bucket}/y/train.jsonl")["ok"] is True
+    assert url.json("manifest", "stats", f"s3://{bucket}/y/train.jsonl")["shards"] == 1
+    url.ok("compact", f"s3://{bucket}/y/train.jsonl", f"s3://{bucket}/y/flat.jsonl")
+    assert store.exists("y/flat.jsonl")
+
+    err = cli.fails(EXIT_USAGE, "ls", "--bucket", "other", f"s3://{bucket}/y/")
+    assert f"--bucket other clashes with 's3://{bucket}/y/'" in err
+    err = cli.fails(EXIT_USAGE, "compact", f"s3://{bucket}/a.jsonl", "s3://other/b.jsonl")
+    assert "keys in two buckets" in err
+    assert "no bucket in 's3:///x'" in cli.fails(EXIT_USAGE, "cat", "s3:///x")
+
+
+# -- 3. endpoints, buckets, access, placeholders: one line each, the table's exit code ----------
+
+
+def test_a_bad_endpoint_or_bucket_is_one_line_naming_it(
+    cli: Cli, moto_server: RunningServer, bucket: str
+) -> None:
+    hostport = moto_server.endpoint_url.split("//")[1]
+    err = cli.fails(EXIT_USAGE, "ls", "--endpoint-url", hostport)
+    assert f"invalid endpoint URL '{hostport}': it needs a scheme, e.g. http://{hostport}" in err
+    err = cli.fails(EXIT_USAGE, "ls", "x/", "--endpoint-url", f"http://{hostport}/{bucket}")
+    assert f"give http://{hostport} and the bucket as --bucket {bucket}" in err
+    err = cli.fails(EXIT_NOT_FOUND, "ls", "--bucket", "no-such-bucket-here")
+    assert f"bucket 'no-such-bucket-here' not found at http://{hostport}" in err
+
+
+class _DenyWrites(BaseHTTPRequestHandler):
+    """Passes reads through to the S3 server behind it; answers every write AccessDenied."""
+
+    upstream = ("127.0.0.1", 0)
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+        b"<Message>Access Denied</Message></Error>"
+    )
+
+    def _forward(self) -> None:
+        conn = http.client.HTTPConnection(*self.upstream, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        conn.request(self.command, self.path, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    def _deny(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_HEAD = _forward
+    do_PUT = do_POST = do_DELETE = _deny
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def deny_writes(moto_server: RunningServer) -> Iterator[str]:
+    host, port = moto_server.endpoint_url.split("//")[1].split(":")
+    handler = type("Handler", (_DenyWrites,), {"upstream": (host, int(port))})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_access_denied_during_pack_exits_5(
+    cli: Cli, tmp_path: Path, bucket: str, deny_writes: str
+) -> None:
+    src = _image_samples(tmp_path / "src", 2)
+    env = dict(cli.env, S3EXCHANGE_ENDPOINT_URL=deny_writes, S3EXCHANGE_MAX_ATTEMPTS="1")
+    err = cli.fails(EXIT_DENIED, "pack", str(src), "d/train.jsonl", env=env)
+    assert "AccessDenied" in err
+    assert f"the permissions on bucket '{bucket}'" in err
+
+
+def test_placeholders_are_filled_by_var_and_a_missing_one_has_its_own_exit_code(
+    cli: Cli, store: S3ExchangeStore, tmp_path: Path
+) -> None:
+    src = _image_samples(tmp_path / "src", 2)
+    err = cli.fails(EXIT_PLACEHOLDER, "pack", str(src), "x/{split}.jsonl")
+    assert "missing placeholder {split} in key 'x/{split}.jsonl': pass --var split=VALUE" in err
+    cli.ok("pack", str(src), "x/{split}-{v:03d}.jsonl", "--var", "split=train", "--var", "v=7")
+    assert store.exists("x/train-007.jsonl")
+    assert cli.json("verify", "x/{split}-007.jsonl", "--var", "split=train")["ok"] is True
+    err = cli.fails(EXIT_PLACEHOLDER, "verify", "x/{split}-{v}.jsonl", "--var", "v=007")
+    assert "pass --var split=VALUE" in err
+
+    err = cli.fails(EXIT_USAGE, "pack", str(src), "x/{v:05d}.jsonl", "--var", "v=abc")
+    assert "invalid key template 'x/{v:05d}.jsonl': Unknown format code 'd'" in err
+    err = cli.fails(EXIT_USAGE, "pack", str(src), "x/{v.real}.jsonl", "--var", "v=1")
+    assert "'x/{v.real}.jsonl'" in err
+    assert cli.run("ls", "--var", "novalue").returncode == EXIT_USAGE
+
+
+# -- 5. looking inside a shard --------------------------------------------------------------------
+
+
+def test_ls_and_cat_look_inside_an_archive(
+    cli: Cli, store: S3ExchangeStore, tmp_path: Path
+) -> None:
+    src = _image_samples(tmp_path / "src", 2, size=5)
+    cli.ok("pack", str(src), "d/train.jsonl", "--compression", "gzip")
+    archive = "d/shards/shard-00000.tar.gz"
+    text = cli.ok("ls", f"{archive}#").decode().splitlines()
+    assert [line.split() for line in text] == [
+        ["5", f"{archive}#0000.jpg"],
+        ["12", f"{archive}#0000.json"],
+        ["5", f"{archive}#0001.jpg"],
+        ["12", f"{archive}#0001.json"],
+    ]
+    records = cli.jsonl("ls", f"{archive}#0001", "--json")
+    assert records == [
+        {"key": f"{archive}#0001.jpg", "size": 5},
+        {"key": f"{archive}#0001.json", "size": 12},
+    ]
+    internal = cli.jsonl("cat", f"{archive}#__manifest__.jsonl")
+    assert [m["member_path"] for m in internal] == [
+        "0000.jpg",
+        "0000.json",
+        "0001.jpg",
+        "0001.json",
+    ]
+    assert all(len(m["crc32c"]) == 8 for m in internal)
+    assert "object not found: 'd/missing.tar'" in cli.fails(EXIT_NOT_FOUND, "ls", "d/missing.tar#")
