@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -382,3 +383,19 @@ def test_batches_land_on_the_gpu(corpus: Corpus) -> None:
         for i, entry in enumerate(batch.extras):
             start, stop = batch.offsets[i], batch.offsets[i + 1]
             assert data[start:stop] == corpus.payloads[entry["id"]]
+
+
+def test_the_readme_loader_snippet_runs(store: S3ExchangeStore) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### The fastest path: `S3ExchangeLoader`", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    items = [{"source": b"x%d" % i, "member_path": f"{i}.bin", "id": str(i)} for i in range(20)]
+    store.write_manifest("train/manifest.jsonl", [store.put_shard_archive("s.tar", items).entry])
+    code = code.replace("S3ExchangeStore.from_settings()", "test_store").replace(
+        "num_workers=8", "num_workers=2"
+    )
+    if not torch.cuda.is_available():
+        code = code.replace('device="cuda"', "device=None")
+    namespace: dict[str, Any] = {"test_store": store}
+    exec(code, namespace)
+    assert namespace["ids"]  # the last batch's ids
