@@ -29,17 +29,20 @@ rerun of the same command finishes the job.
 from __future__ import annotations
 
 import concurrent.futures
+import fnmatch
+import hashlib
 import os
 import posixpath
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, TypedDict
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, cast
 
 from .errors import ManifestNotFoundError, S3ExchangeError, ShardReadError
 from .keys import LiteralKey
-from .shard import CHECKSUM_FIELDS, hexdigest, new_digest, split_items
+from .shard import CHECKSUM_FIELDS, hexdigest, new_digest, sample_key, split_items
 from .store import STALE_UPLOAD_SECONDS
 from .types import Compression, FileEntry, ShardEntry, ShardItem
 
@@ -53,14 +56,17 @@ __all__ = [
     "PackReport",
     "PlannedShard",
     "ShardTask",
+    "Skipped",
     "SourceFile",
     "default_prefix",
+    "describe_skipped",
     "member_id",
     "pack",
     "plan_shards",
     "reconcile",
     "scan_directory",
     "shard_key",
+    "shuffled",
     "unfinished_key",
 ]
 
@@ -125,6 +131,14 @@ class PlannedShard:
     def members_size_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def paths_digest(self) -> str:
+        """sha256 of the member paths, in order: recorded in the entry, so that a rerun with
+        other files of the same count and sizes (another ``--shuffle`` seed, another
+        ``--exclude``) is told apart."""
+        joined = "\n".join(f.member_path for f in self.files)
+        return hashlib.sha256(joined.encode("utf-8", "surrogateescape")).hexdigest()
+
     def items(self) -> list[ShardItem]:
         """The shard items for :meth:`S3ExchangeStore.put_shard_archive`."""
         return [_item(f) for f in self.files]
@@ -154,6 +168,8 @@ class PackReport(TypedDict):
     uploaded_bytes: int
     parts: list[str]
     aborted_uploads: int
+    skipped_files: Skipped
+    shuffle: int | None
     dry_run: bool
     seconds: float
 
@@ -192,6 +208,17 @@ def shard_key(prefix: str, index: int, compression: Compression) -> str:
     return LiteralKey(f"{prefix}/shard-{index:05d}{suffix}")
 
 
+def shuffled(files: Sequence[SourceFile], seed: int) -> list[SourceFile]:
+    """``files`` with their samples (files sharing a :func:`~s3exchange.shard.sample_key`) in
+    an order drawn from ``seed``; a sample's files stay together, in their order."""
+    samples: dict[str, list[SourceFile]] = {}
+    for f in files:
+        samples.setdefault(sample_key(f.member_path), []).append(f)
+    order = list(samples.values())
+    random.Random(seed).shuffle(order)
+    return [f for sample in order for f in sample]
+
+
 def _item(f: SourceFile) -> ShardItem:
     return {
         "source": f.path,
@@ -224,7 +251,17 @@ def plan_shards(
     ]
 
 
+PATHS_FIELD = "member_paths_sha256"
+"""The shard entry field holding :attr:`PlannedShard.paths_digest` (older entries lack it)."""
+
+
 def _disagreement(entry: ShardEntry, shard: PlannedShard) -> str | None:
+    recorded = entry.get(PATHS_FIELD)
+    if isinstance(recorded, str) and recorded != shard.paths_digest:
+        return (
+            f"{shard.archive_key} is listed with other member paths than the source now gives "
+            "(other files, another --shuffle seed or --exclude)"
+        )
     count, size = entry.get("count"), entry.get("members_size_bytes")
     if (count is None or count == shard.count) and (
         size is None or size == shard.members_size_bytes
@@ -290,27 +327,114 @@ def _unreadable(error: OSError) -> PackError:
     return PackError(f"cannot read {os.fspath(where)!r}: {error.strerror or error}")
 
 
-def scan_directory(src_dir: str | os.PathLike[str]) -> list[SourceFile]:
-    """Every regular file under ``src_dir`` (symlinks to files included), sorted by member path.
+class Skipped(TypedDict):
+    """What a scan left out, by reason (a skipped directory counts once)."""
 
-    Unreadable directories raise PackError naming them instead of being skipped.
+    hidden: int
+    symlinks: int
+    excluded: int
+
+
+@dataclass
+class _Scan:
+    """One walk of a source directory: the rules, what was found and what was left out."""
+
+    root: Path
+    exclude: Sequence[str]
+    hidden: bool
+    follow_symlinks: bool
+
+    def __post_init__(self) -> None:
+        self.real_root = os.path.realpath(self.root)
+        self.found: list[SourceFile] = []
+        self.skipped: Skipped = {"hidden": 0, "symlinks": 0, "excluded": 0}
+
+    def keep(self, path: str, member: str, *, directory: bool) -> bool:
+        """Whether to pack (or walk into) ``path``; counts what it leaves out."""
+        name = posixpath.basename(member)
+        if name.startswith(".") and not self.hidden:
+            self.skipped["hidden"] += 1
+            return False
+        if any(fnmatch.fnmatchcase(p, g) for g in self.exclude for p in (member, name)):
+            self.skipped["excluded"] += 1
+            return False
+        if not os.path.islink(path):
+            return directory or os.path.isfile(path)  # no FIFOs, sockets or devices
+        if not self.follow_symlinks:
+            self.skipped["symlinks"] += 1
+            return False
+        target = os.path.realpath(path)
+        if os.path.commonpath([self.real_root, target]) != self.real_root:
+            raise PackError(
+                f"{path!r} is a symlink to {target!r}, outside the source directory "
+                f"{os.fspath(self.root)!r}: it is never followed there (--exclude it)"
+            )
+        if directory:
+            parent = os.path.realpath(os.path.dirname(path))
+            if os.path.commonpath([parent, target]) == target:  # a loop: it points up
+                self.skipped["symlinks"] += 1
+                return False
+            return True
+        return os.path.isfile(path)
+
+    def run(self) -> None:
+        walk = os.walk(self.root, onerror=_raise, followlinks=self.follow_symlinks)
+        for dirpath, dirnames, filenames in walk:
+            base = Path(dirpath).relative_to(self.root).as_posix()
+            prefix = "" if base == "." else f"{base}/"
+            dirnames[:] = [
+                d
+                for d in sorted(dirnames)
+                if self.keep(os.path.join(dirpath, d), prefix + d, directory=True)
+            ]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if self.keep(path, prefix + name, directory=False):
+                    self.found.append(SourceFile(path, prefix + name, os.path.getsize(path)))
+        self.found.sort(key=lambda f: f.member_path)
+
+
+def describe_skipped(skipped: Skipped) -> str:
+    """``"skipped 2 hidden, 1 symlink, 3 excluded"``, or ``""`` when nothing was left out."""
+    parts = [
+        f"{n} {what}" + ("s" if n != 1 and what == "symlink" else "")
+        for n, what in (
+            (skipped["hidden"], "hidden"),
+            (skipped["symlinks"], "symlink"),
+            (skipped["excluded"], "excluded"),
+        )
+        if n
+    ]
+    return "skipped " + ", ".join(parts) if parts else ""
+
+
+def scan_directory(
+    src_dir: str | os.PathLike[str],
+    *,
+    exclude: Sequence[str] = (),
+    hidden: bool = False,
+    follow_symlinks: bool = False,
+    skipped: Skipped | None = None,
+) -> list[SourceFile]:
+    """The regular files under ``src_dir`` to pack, sorted by member path.
+
+    Left out: names starting with ``.`` (unless ``hidden``), paths or names matching an
+    ``exclude`` glob (fnmatch; ``*`` crosses ``/``), and symlinks unless ``follow_symlinks``;
+    a followed symlink leading outside ``src_dir`` raises PackError naming it, one pointing up
+    to its own directory (a loop) is left out. The counts go into ``skipped``. Unreadable
+    directories raise PackError naming them instead of being skipped.
     """
     root = Path(src_dir)
     if not root.is_dir():
         raise PackError(f"{os.fspath(src_dir)!r} is not a directory")
-    found: list[SourceFile] = []
+    scan = _Scan(root, exclude, hidden, follow_symlinks)
     try:
-        for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
-            dirnames.sort()
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                if os.path.isfile(path):
-                    member = Path(path).relative_to(root).as_posix()
-                    found.append(SourceFile(path, member, os.path.getsize(path)))
+        scan.run()
     except OSError as exc:
         raise _unreadable(exc) from None
-    found.sort(key=lambda f: f.member_path)
-    return found
+    if skipped is not None:
+        skipped.update(scan.skipped)
+    return scan.found
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -493,7 +617,9 @@ def _execute(run: _Run, compression: Compression, jobs: int) -> None:
         result = run.store.put_shard_archive(
             shard.archive_key, shard.items(), compression=compression
         )
-        return result.entry
+        entry = dict(result.entry)
+        entry[PATHS_FIELD] = shard.paths_digest  # an unknown field: preserved by every reader
+        return cast(ShardEntry, entry)
 
     queue = iter(enumerate(run.tasks))
     pending: dict[concurrent.futures.Future[ShardEntry], int] = {}
@@ -548,6 +674,10 @@ def pack(
     prefix: str | None = None,
     jobs: int = 1,
     dry_run: bool = False,
+    shuffle: int | None = None,
+    exclude: Sequence[str] = (),
+    hidden: bool = False,
+    follow_symlinks: bool = False,
     progress: PackProgress | None = None,
     checkpoint_every: int = 64,
     checkpoint_seconds: float = 30.0,
@@ -558,9 +688,11 @@ def pack(
     ``prefix`` defaults to :func:`default_prefix` of the manifest key. ``jobs`` shards are
     built and uploaded at once (threads). Entries reach ``manifest_key`` only when the run
     completes; until then they are kept in :func:`unfinished_key` (see the module docstring).
-    Shard uploads under the prefix pending for more than ``stale_uploads_after`` seconds (a
-    killed run's) are aborted first. With ``dry_run`` nothing is written and the report counts
-    what a real run would do.
+    ``exclude``, ``hidden`` and ``follow_symlinks`` choose the files (:func:`scan_directory`);
+    ``shuffle`` (a seed) packs the samples in a random order instead of sorted, the same for
+    the same seed, so a rerun resumes (:func:`shuffled`). Shard uploads under the prefix
+    pending for more than ``stale_uploads_after`` seconds (a killed run's) are aborted first.
+    With ``dry_run`` nothing is written and the report counts what a real run would do.
     """
     started = time.monotonic()
     codec: Compression = None if compression in (None, "none") else "gzip"
@@ -572,9 +704,21 @@ def pack(
     manifest_key = LiteralKey(store.resolve(manifest_key))
     prefix = store.resolve(prefix).strip("/") if prefix is not None else ""
     prefix = LiteralKey(prefix or default_prefix(manifest_key))
-    files = scan_directory(src_dir)
+    skipped: Skipped = {"hidden": 0, "symlinks": 0, "excluded": 0}
+    files = scan_directory(
+        src_dir,
+        exclude=exclude,
+        hidden=hidden,
+        follow_symlinks=follow_symlinks,
+        skipped=skipped,
+    )
     if not files:
-        raise PackError(f"no files under {os.fspath(src_dir)!r}")
+        left_out = describe_skipped(skipped)
+        raise PackError(
+            f"no files under {os.fspath(src_dir)!r}" + (f" ({left_out})" if left_out else "")
+        )
+    if shuffle is not None:
+        files = shuffled(files, shuffle)
     try:
         plan = plan_shards(
             files,
@@ -606,6 +750,8 @@ def pack(
         "uploaded_bytes": 0,
         "parts": [],
         "aborted_uploads": len(stale),
+        "skipped_files": skipped,
+        "shuffle": shuffle,
         "dry_run": dry_run,
         "seconds": 0.0,
     }

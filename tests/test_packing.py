@@ -76,7 +76,7 @@ def test_scan_directory_is_sorted_recursive_and_posix(tmp_path: Path) -> None:
     (tmp_path / "empty-dir").mkdir()
     os.symlink(tmp_path / "a.txt", tmp_path / "link.txt")
     os.symlink(tmp_path / "nowhere", tmp_path / "broken.txt")
-    found = scan_directory(tmp_path)
+    found = scan_directory(tmp_path, follow_symlinks=True)
     assert [(f.member_path, f.size) for f in found] == [
         ("a.txt", 1),
         ("b/1.txt", 0),

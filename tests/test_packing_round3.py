@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from pathlib import Path
+from typing import cast
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3exchange import ShardItem
-from s3exchange.packing import SourceFile, plan_shards
+from s3exchange import ShardEntry, ShardItem
+from s3exchange.packing import (
+    PATHS_FIELD,
+    PackConflictError,
+    PackError,
+    Skipped,
+    SourceFile,
+    describe_skipped,
+    plan_shards,
+    reconcile,
+    scan_directory,
+    shuffled,
+)
 from s3exchange.shard import sample_key, split_items
 
 
@@ -93,3 +108,102 @@ def test_plan_shards_keeps_a_sample_in_one_shard() -> None:
     keys = [{sample_key(f.member_path) for f in shard.files} for shard in plan]
     assert sum(len(k) for k in keys) == 200
     assert all(shard.count % 2 == 0 for shard in plan)
+
+
+# -- 7. --shuffle SEED ---------------------------------------------------------------------------
+
+
+def _class_sorted(classes: int, per_class: int) -> list[SourceFile]:
+    return [
+        SourceFile(f"/s/c{k}/{i:03d}.{ext}", f"c{k}/{i:03d}.{ext}", 10)
+        for k in range(classes)
+        for i in range(per_class)
+        for ext in ("jpg", "json")
+    ]
+
+
+def test_shuffled_mixes_classes_keeps_samples_together_and_repeats_per_seed() -> None:
+    files = _class_sorted(10, 100)
+    mixed = shuffled(files, 7)
+    assert mixed == shuffled(files, 7)
+    assert mixed != shuffled(files, 8)
+    assert sorted(mixed, key=lambda f: f.member_path) == files
+    keys = [sample_key(f.member_path) for f in mixed]
+    assert all(keys[i] == keys[i + 1] for i in range(0, len(keys), 2))  # jpg, json together
+    batches = [keys[i : i + 64] for i in range(0, len(keys) - 63, 64)]  # 32 samples each
+    classes = [len({k.split("/")[0] for k in batch}) for batch in batches]
+    assert min(classes) >= 6
+    assert sum(classes) / len(classes) >= 9
+    sorted_classes = [len({f.member_path.split("/")[0] for f in files[i : i + 64]}) for i in (0,)]
+    assert sorted_classes == [1]
+
+
+def test_a_rerun_with_other_member_paths_of_equal_sizes_is_a_conflict() -> None:
+    files = _class_sorted(2, 4)
+    plan = plan_shards(shuffled(files, 1), prefix="p", max_entries=4)
+    listed = {
+        s.archive_key: [
+            cast(
+                ShardEntry,
+                {
+                    "kind": "shard",
+                    "archive_key": s.archive_key,
+                    "count": s.count,
+                    "members_size_bytes": s.members_size_bytes,
+                    PATHS_FIELD: s.paths_digest,
+                },
+            )
+        ]
+        for s in plan
+    }
+    stored = {s.archive_key: 100 for s in plan}
+    assert {t.action for t in reconcile(plan, listed, stored, prefix="p")} == {"skip"}
+    other = plan_shards(shuffled(files, 2), prefix="p", max_entries=4)
+    with pytest.raises(PackConflictError, match="other member paths"):
+        reconcile(other, listed, stored, prefix="p")
+
+
+# -- 8. what pack takes from the source directory ------------------------------------------------
+
+
+def _tree(root: Path, outside: Path) -> None:
+    for rel in ("a/1.jpg", "a/1.json", "a/.DS_Store", ".git/config", "b/tmp/x.bin", "b/2.tmp"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    outside.write_bytes(b"secret")
+    os.symlink(root / "a" / "1.jpg", root / "b" / "inside.jpg")
+    os.symlink(root, root / "a" / "loop")
+
+
+def test_scan_skips_hidden_excluded_and_symlinks_by_default(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    _tree(root, tmp_path / "outside.bin")
+    skipped: Skipped = {"hidden": 0, "symlinks": 0, "excluded": 0}
+    found = scan_directory(root, exclude=["*.tmp", "b/tmp"], skipped=skipped)
+    assert [f.member_path for f in found] == ["a/1.jpg", "a/1.json"]
+    assert skipped == {"hidden": 2, "symlinks": 2, "excluded": 2}
+    assert describe_skipped(skipped) == "skipped 2 hidden, 2 symlinks, 2 excluded"
+
+    found = scan_directory(root, hidden=True, follow_symlinks=True)
+    assert [f.member_path for f in found] == [
+        ".git/config",
+        "a/.DS_Store",
+        "a/1.jpg",
+        "a/1.json",
+        "b/2.tmp",
+        "b/inside.jpg",
+        "b/tmp/x.bin",
+    ]  # the loop a/loop -> src is not walked
+
+
+def test_a_followed_symlink_never_leads_outside_the_source(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    _tree(root, tmp_path / "outside.bin")
+    os.symlink(tmp_path / "outside.bin", root / "a" / "2.jpg")
+    assert "a/2.jpg" not in [f.member_path for f in scan_directory(root)]
+    with pytest.raises(PackError, match=r"2\.jpg' is a symlink to .*outside\.bin', outside"):
+        scan_directory(root, follow_symlinks=True)
+    os.remove(root / "a" / "2.jpg")
+    os.symlink(tmp_path, root / "up")
+    with pytest.raises(PackError, match=r"'.*up' is a symlink to .*, outside the source"):
+        scan_directory(root, follow_symlinks=True)

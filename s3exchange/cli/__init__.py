@@ -183,19 +183,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pack.add_argument("src_dir", metavar="SRC_DIR")
     pack.add_argument("manifest_key", metavar="MANIFEST_KEY")
-    pack.add_argument("--max-entries", type=positive_int, metavar="N", help="files per shard")
+    pack.add_argument(
+        "--max-entries",
+        type=positive_int,
+        metavar="N",
+        help="files per shard (default: no limit); a sample's files are never split",
+    )
     pack.add_argument(
         "--max-bytes",
         type=parse_size,
         default=parse_size("256MiB"),
         metavar="B",
-        help="member bytes per shard, e.g. 64MiB, 1G (default 256MiB)",
+        help="member bytes per shard, e.g. 64MiB, 1G (default: 256MiB)",
     )
-    pack.add_argument("--compression", choices=("none", "gzip"), default="none")
+    pack.add_argument(
+        "--compression",
+        choices=("none", "gzip"),
+        default="none",
+        help="shard compression (default: none)",
+    )
     pack.add_argument(
         "--prefix", metavar="P", help="where shards go (default: <manifest dir>/shards)"
     )
-    pack.add_argument("--jobs", type=positive_int, default=1, metavar="N", help="parallel shards")
+    pack.add_argument(
+        "--jobs", type=positive_int, default=1, metavar="N", help="shards in parallel (default: 1)"
+    )
+    pack.add_argument(
+        "--shuffle",
+        type=int,
+        metavar="SEED",
+        help="pack the samples in an order drawn from SEED (default: sorted by path); "
+        "rerun with the same SEED to resume",
+    )
+    pack.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out files or directories whose path (relative to SRC_DIR) or name "
+        "matches GLOB (repeatable; * crosses /)",
+    )
+    pack.add_argument(
+        "--hidden",
+        action="store_true",
+        help="pack names starting with '.' too (default: skipped, like .DS_Store)",
+    )
+    pack.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="pack what symlinks point to (default: skipped); never outside SRC_DIR",
+    )
     pack.add_argument("--dry-run", action="store_true", help="plan and report; write nothing")
     pack.add_argument(
         "--no-conditional-writes",

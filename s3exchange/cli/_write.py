@@ -40,6 +40,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
                 prefix=args.prefix,
                 jobs=args.jobs,
                 dry_run=args.dry_run,
+                shuffle=args.shuffle,
+                exclude=args.exclude,
+                hidden=args.hidden,
+                follow_symlinks=args.follow_symlinks,
                 progress=bar,
             )
     except KeyboardInterrupt:
@@ -71,6 +75,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
             f"uploaded {human_size(report['uploaded_bytes'])} in {report['seconds']:.1f} s; "
             f"{plural(len(report['parts']), 'manifest part')} appended"
         )
+    left_out = packing.describe_skipped(report["skipped_files"])
+    if left_out:
+        emit(f"{left_out} (see --hidden, --follow-symlinks, --exclude)")
     if report["aborted_uploads"]:
         verb = "would abort" if report["dry_run"] else "aborted"
         emit(f"{verb} {plural(report['aborted_uploads'], 'stale shard upload')} (a killed run's)")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from test_cli import (
+    EXIT_CONFLICT,
     EXIT_DENIED,
     EXIT_NOT_FOUND,
     EXIT_PROBLEMS,
@@ -305,3 +309,62 @@ def test_ls_and_cat_look_inside_an_archive(
     ]
     assert all(len(m["crc32c"]) == 8 for m in internal)
     assert "object not found: 'd/missing.tar'" in cli.fails(EXIT_NOT_FOUND, "ls", "d/missing.tar#")
+
+
+# -- 7, 8 and the small things: --shuffle, what pack takes, plurals, defaults, mtimes ------------
+
+
+def test_pack_shuffles_by_seed_and_resumes_with_it(
+    cli: Cli, store: S3ExchangeStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    for k in range(4):
+        _image_samples(src / f"class{k}", 8, size=10)
+    args = ("pack", str(src), "d/train.jsonl", "--max-entries", "8", "--shuffle", "11")
+    cli.ok(*args)
+    first = _members(store, "d/train.jsonl")[0]
+    assert len({path.split("/")[0] for path in first}) > 1  # sorted, it would be class0 only
+    assert [sample_key(p) for p in first[::2]] == [sample_key(p) for p in first[1::2]]
+    again = cli.json(*args)
+    assert (again["skipped"], again["uploaded"], again["shuffle"]) == (8, 0, 11)
+    err = cli.fails(EXIT_CONFLICT, *args[:-1], "12")
+    assert "listed with other member paths" in err
+
+
+def test_pack_skips_hidden_files_and_symlinks_and_never_leaves_the_source(
+    cli: Cli, store: S3ExchangeStore, tmp_path: Path
+) -> None:
+    src = _image_samples(tmp_path / "src", 1, size=10)
+    (src / ".DS_Store").write_bytes(b"finder")
+    (src / "scratch").mkdir()
+    (src / "scratch" / "notes.txt").write_bytes(b"notes")
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    os.symlink(tmp_path / "secret.txt", src / "0001.txt")
+    os.utime(src / "0000.jpg", (1_700_000_000, 1_700_000_000))
+
+    out = cli.ok("pack", str(src), "d/train.jsonl", "--exclude", "scratch").decode()
+    assert "into 1 shard under d/shards/" in out
+    assert "1 manifest part appended" in out
+    assert "skipped 1 hidden, 1 symlink, 1 excluded" in out
+    assert _members(store, "d/train.jsonl") == [["0000.jpg", "0000.json"]]
+    data = store.get_object("d/shards/shard-00000.tar").read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getmember("0000.jpg").mtime == 1_700_000_000  # the source file's
+
+    err = cli.fails(EXIT_USAGE, "pack", str(src), "e/train.jsonl", "--follow-symlinks")
+    assert f"'{src / '0001.txt'}' is a symlink to '{tmp_path / 'secret.txt'}', outside" in err
+    assert not list(store.list_keys("e/"))
+
+
+def test_pack_help_shows_the_defaults(cli: Cli) -> None:
+    text = " ".join(cli.ok("pack", "--help").decode().split())
+    for default in (
+        "shards in parallel (default: 1)",
+        "shard compression (default: none)",
+        "(default: 256MiB)",
+        "(default: no limit)",
+        "(default: sorted by path)",
+        "(default: skipped, like .DS_Store)",
+    ):
+        assert default in text
+    assert "8 missing {placeholder} in a key (pass --var NAME=VALUE)" in text
