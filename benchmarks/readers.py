@@ -92,9 +92,10 @@ def _loader(dataset: Any, spec: Spec, batched: bool = True) -> Iterable[Any]:
     collate: Callable[[Any], Any] = _as_list if batch_size is not None else _as_one_list
     if spec.get("pack"):
         collate = pack_bytes
-    loader: Iterable[Any] = DataLoader(
-        dataset, num_workers=workers, batch_size=batch_size, collate_fn=collate
-    )
+    if spec.get("collate") == "default":  # what a plain DataLoader(ds, batch_size) does
+        loader: Iterable[Any] = DataLoader(dataset, num_workers=workers, batch_size=batch_size)
+        return chain.from_iterable(loader for _ in range(int(spec.get("epochs", 1))))
+    loader = DataLoader(dataset, num_workers=workers, batch_size=batch_size, collate_fn=collate)
     return chain.from_iterable(loader for _ in range(int(spec.get("epochs", 1))))
 
 

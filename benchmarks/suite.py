@@ -190,7 +190,7 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
     readers = {
         "ours": ours,
         "ours_no_shuffle": {**ours, "shuffle": False},
-        "ours_packed": {**ours, "pack": True},
+        "ours_default": {**ours, "collate": "default"},
         "loader": {**ours, "reader": "loader"},
         "webdataset": {**base, "reader": "webdataset", "archive_keys": shards.archive_keys},
         "raw_get": {
@@ -211,12 +211,12 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
     ctx.raw_get_mb_per_s[latency] = _metric(result, "raw_get", "mb_per_s")
     _raw_fractions(result, ctx.raw_get_mb_per_s[latency])
     pairs: dict[str, tuple[str, str, str]] = {}
-    for reader in ("ours", "ours_no_shuffle", "ours_packed", "loader"):
+    for reader in ("ours", "ours_no_shuffle", "ours_default", "loader"):
         if reader in readers:
             pairs[f"{reader}_vs_webdataset_samples"] = (reader, "webdataset", "samples_per_s")
             pairs[f"{reader}_vs_raw_bytes"] = (reader, "raw_get", "mb_per_s")
     if not latency:
-        for reader in ("ours", "ours_packed", "loader", "webdataset"):
+        for reader in ("ours", "ours_default", "loader", "webdataset"):
             pairs[f"{reader}_vs_dataloader_only_samples"] = (
                 reader,
                 "dataloader_only",
@@ -227,7 +227,7 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
             "dataloader_only_packed",
             "samples_per_s",
         )
-    for reader in ("ours", "loader"):
+    for reader in ("ours", "ours_default", "loader"):
         pairs[f"{reader}_vs_webdataset_first_batch"] = (reader, "webdataset", "first_batch_s")
     return {
         "params": {
@@ -244,8 +244,10 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
             f"DataLoader readers: {ctx.sizes.workers} workers (fork), batch_size "
             f"{ctx.sizes.batch_size}, a collate that lists the samples; device {ctx.device}",
             "ours: S3ExchangeIterableDataset defaults (shuffle=True, shuffle_buffer=1000, "
-            "members verified against their crc32c) in a plain DataLoader; ours_no_shuffle: "
-            "shuffle=False; ours_packed: defaults + collate_fn=s3exchange_torch.pack_bytes",
+            "members verified against their crc32c) in a DataLoader with a list collate; "
+            "ours_no_shuffle: the same, shuffle=False; ours_default: a plain "
+            "DataLoader(dataset, batch_size, num_workers), no collate_fn (default_collate "
+            "packs our Sample batches into reused shared-memory slabs)",
             "loader: S3ExchangeLoader(dataset, batch_size, num_workers, device, "
             "prefetch_batches=2) over the same dataset; batches are PackedBatch",
             "webdataset 1.0.2: WebDataset(s3:// URLs, shardshuffle=False) with a gopen_schemes "

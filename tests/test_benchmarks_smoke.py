@@ -22,7 +22,7 @@ from s3exchange.testing import weed_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("shards", "shards_ttfb", "loose", "loose_ttfb", "memory", "write", "manifest", "plan")
-SHARD_READERS = ("ours", "ours_packed", "loader", "webdataset", "raw_get")
+SHARD_READERS = ("ours", "ours_default", "loader", "webdataset", "raw_get")
 LOOSE_READERS = ("ours", "loader", "sequential", "s3torchconnector")
 THROUGHPUT = {
     "shards": (*SHARD_READERS, "ours_no_shuffle", "dataloader_only", "dataloader_only_packed"),
