@@ -256,21 +256,21 @@ PATHS_FIELD = "member_paths_sha256"
 
 
 def _disagreement(entry: ShardEntry, shard: PlannedShard) -> str | None:
+    count, size = entry.get("count"), entry.get("members_size_bytes")
+    if (count is not None and count != shard.count) or (
+        size is not None and size != shard.members_size_bytes
+    ):
+        return (
+            f"{shard.archive_key} is listed with {count} members / {size} bytes but the source "
+            f"now gives {shard.count} members / {shard.members_size_bytes} bytes"
+        )
     recorded = entry.get(PATHS_FIELD)
     if isinstance(recorded, str) and recorded != shard.paths_digest:
         return (
             f"{shard.archive_key} is listed with other member paths than the source now gives "
             "(other files, another --shuffle seed or --exclude)"
         )
-    count, size = entry.get("count"), entry.get("members_size_bytes")
-    if (count is None or count == shard.count) and (
-        size is None or size == shard.members_size_bytes
-    ):
-        return None
-    return (
-        f"{shard.archive_key} is listed with {count} members / {size} bytes but the source now "
-        f"gives {shard.count} members / {shard.members_size_bytes} bytes"
-    )
+    return None
 
 
 def reconcile(

@@ -193,9 +193,9 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def plural(n: int, noun: str) -> str:
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
     """``1 shard``, ``2 shards``, ``1,000 files``: the count with its noun agreeing."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {nouns or noun + 's'}"
 
 
 _SIZE = re.compile(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)

@@ -29,7 +29,17 @@ from ..errors import (
 from ..keys import split_virtual_key
 from ..packing import UNFINISHED_SUFFIX, unfinished_key
 from ..types import FileEntry, ShardEntry
-from ._common import CHUNK, CliError, ExitCode, Progress, emit, emit_json, human_size, open_store
+from ._common import (
+    CHUNK,
+    CliError,
+    ExitCode,
+    Progress,
+    emit,
+    emit_json,
+    human_size,
+    open_store,
+    plural,
+)
 from ._read import archive_compression, manifest_stats
 from ._walk import walk_manifest
 
@@ -305,7 +315,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         count = len(report["problems"])
         emit(
             f"{'OK' if report['ok'] else 'FAILED'}: {report['manifest_key']}: "
-            f"{report['manifests']} manifests, {report['files']} files, {report['shards']} "
-            f"shards ({report['members']} members), {what}; {count} problems"
+            f"{plural(report['manifests'], 'manifest')}, {plural(report['files'], 'file')}, "
+            f"{plural(report['shards'], 'shard')} ({plural(report['members'], 'member')}), "
+            f"{what}; {plural(count, 'problem')}"
         )
     return ExitCode.OK if report["ok"] else ExitCode.PROBLEMS

@@ -104,7 +104,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     else:
         for upload in stale:
             emit(f"{upload.initiated.isoformat()}  {upload.key}  {upload.upload_id}")
-        emit(f"{'would abort' if args.dry_run else 'aborted'} {len(stale)} stale uploads")
+        emit(f"{'would abort' if args.dry_run else 'aborted'} {plural(len(stale), 'stale upload')}")
     return ExitCode.OK
 
 
@@ -117,8 +117,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
     else:
         emit(
             f"compacted {report['src_manifest_key']} into {report['dst_manifest_key']}: "
-            f"{report['total_entries']:,} entries ({report['file_entries']:,} files, "
-            f"{report['shard_entries']:,} shards)"
+            f"{plural(report['total_entries'], 'entry', 'entries')} "
+            f"({plural(report['file_entries'], 'file')}, "
+            f"{plural(report['shard_entries'], 'shard')})"
         )
     return ExitCode.OK
 
@@ -148,10 +149,10 @@ def _rm_manifest(store: S3ExchangeStore, args: argparse.Namespace) -> int:
             else:
                 emit(f"{'kept':<10}{archive}  ({why}; not deleted)")
         return ExitCode.OK
-    kept = f", keeping {len(plan.kept)} partly listed archives" if plan.kept else ""
+    kept = f", keeping {plural(len(plan.kept), 'partly listed archive')}" if plan.kept else ""
     confirm(
-        f"delete {len(plan.objects)} objects, {len(plan.archives)} archives and "
-        f"{len(plan.manifests)} manifests of {plan.root}{kept}?",
+        f"delete {plural(len(plan.objects), 'object')}, {plural(len(plan.archives), 'archive')} "
+        f"and {plural(len(plan.manifests), 'manifest')} of {plan.root}{kept}?",
         yes=args.yes,
     )
     report = store.delete_manifest(args.manifest, plan=plan)
@@ -159,9 +160,9 @@ def _rm_manifest(store: S3ExchangeStore, args: argparse.Namespace) -> int:
         emit_json({**report, "kept": [{"key": k, "reason": why} for k, why in plan.kept]})
     else:
         emit(
-            f"deleted {report['deleted_object_count']} objects, "
-            f"{report['deleted_archive_count']} archives, "
-            f"{report['deleted_manifest_count']} manifests"
+            f"deleted {plural(report['deleted_object_count'], 'object')}, "
+            f"{plural(report['deleted_archive_count'], 'archive')}, "
+            f"{plural(report['deleted_manifest_count'], 'manifest')}"
         )
         for archive, why in plan.kept:
             emit(f"kept {archive}: {why}")
@@ -196,11 +197,11 @@ def _rm_prefix(store: S3ExchangeStore, args: argparse.Namespace) -> int:
     if matched:
         where = f" matching {args.regex!r}" if args.regex is not None else ""
         size = human_size(sum(obj["size"] for obj in matched))
-        question = f"delete {len(matched)} objects ({size}) under {args.prefix!r}{where}?"
+        question = f"delete {plural(len(matched), 'object')} ({size}) under {args.prefix!r}{where}?"
         confirm(question, yes=args.yes)
         deleted = store.delete_prefix(args.prefix, args.regex)
     if args.json:
         emit_json({"prefix": args.prefix, "regex": args.regex, "deleted": deleted})
     else:
-        emit(f"deleted {deleted} objects")
+        emit(f"deleted {plural(deleted, 'object')}")
     return ExitCode.OK

@@ -69,7 +69,7 @@ def test_rm_manifest_of_an_expanded_manifest_shows_and_asks_about_the_archive(
     ]
     code, err = _prompt(cli, "rm", "--manifest", "flat.jsonl", answer=b"n\n")
     assert code == EXIT_USAGE
-    assert "delete 0 objects, 1 archives and 1 manifests of flat.jsonl?" in err
+    assert "delete 0 objects, 1 archive and 1 manifest of flat.jsonl?" in err
 
     text = cli.ok("rm", "--manifest", "partial.jsonl", "--dry-run").decode().splitlines()
     assert text == [
@@ -77,7 +77,7 @@ def test_rm_manifest_of_an_expanded_manifest_shows_and_asks_about_the_archive(
         "kept      shards/s.tar  (2 of its 3 members are listed; not deleted)",
     ]
     code, err = _prompt(cli, "rm", "--manifest", "partial.jsonl", answer=b"n\n")
-    assert "delete 0 objects, 0 archives and 1 manifests of partial.jsonl, keeping 1" in err
+    assert "delete 0 objects, 0 archives and 1 manifest of partial.jsonl, keeping 1" in err
     report = cli.json("rm", "--manifest", "partial.jsonl", "--yes")
     assert (report["deleted_archive_count"], report["deleted_manifest_count"]) == (0, 1)
     assert report["kept"] == [{"key": "shards/s.tar", "reason": "2 of its 3 members are listed"}]

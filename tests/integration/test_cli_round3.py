@@ -347,6 +347,7 @@ def test_pack_skips_hidden_files_and_symlinks_and_never_leaves_the_source(
     assert "1 manifest part appended" in out
     assert "skipped 1 hidden, 1 symlink, 1 excluded" in out
     assert _members(store, "d/train.jsonl") == [["0000.jpg", "0000.json"]]
+    assert "0 files, 1 shard (2 members)" in cli.ok("verify", "d/train.jsonl").decode()
     data = store.get_object("d/shards/shard-00000.tar").read()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert tar.getmember("0000.jpg").mtime == 1_700_000_000  # the source file's
