@@ -11,7 +11,7 @@ from typing import IO, TYPE_CHECKING, Any, TypedDict
 from ..errors import ObjectNotFoundError
 from ..keys import LiteralKey, split_virtual_key, virtual_key
 from ..types import INTERNAL_MANIFEST_PATH, Compression, ShardEntry
-from ._common import CHUNK, ExitCode, Progress, emit, emit_json, human_size, open_store
+from ._common import CHUNK, CliError, ExitCode, Progress, emit, emit_json, human_size, open_store
 from ._walk import walk_manifest
 
 if TYPE_CHECKING:
@@ -64,6 +64,11 @@ def cmd_cat(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     key = LiteralKey(args.key)  # a key as `ls` prints it, braces included
     archive, member = split_virtual_key(key)
+    if key.endswith("#") and store.exists(LiteralKey(key[:-1])) and not store.exists(key):
+        raise CliError(
+            ExitCode.USAGE,
+            f"{args.key!r} names no member: `s3exchange ls {args.key!r}` lists the members",
+        )
     if member == INTERNAL_MANIFEST_PATH and not store.exists(key):
         _cat_internal_manifest(store, LiteralKey(archive))
         return ExitCode.OK

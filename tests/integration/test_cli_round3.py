@@ -309,6 +309,8 @@ def test_ls_and_cat_look_inside_an_archive(
     ]
     assert all(len(m["crc32c"]) == 8 for m in internal)
     assert "object not found: 'd/missing.tar'" in cli.fails(EXIT_NOT_FOUND, "ls", "d/missing.tar#")
+    err = cli.fails(EXIT_USAGE, "cat", f"{archive}#")
+    assert f"names no member: `s3exchange ls '{archive}#'` lists the members" in err
 
 
 # -- 7, 8 and the small things: --shuffle, what pack takes, plurals, defaults, mtimes ------------
