@@ -86,9 +86,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Abort multipart uploads under a prefix pending longer than ``--older-than``."""
+    store = open_store(args)  # first: an s3://bucket/ PREFIX becomes its key, ""
     if not args.prefix.strip("/"):
         raise CliError(ExitCode.USAGE, "PREFIX must not be empty (that would be every writer)")
-    store = open_store(args)
     stale = store.abort_stale_uploads(args.prefix, args.older_than, dry_run=args.dry_run)
     if args.json and args.dry_run:
         for upload in stale:

@@ -180,6 +180,8 @@ def test_s3_urls_give_the_bucket_to_every_command(
     err = cli.fails(EXIT_USAGE, "compact", f"s3://{bucket}/a.jsonl", "s3://other/b.jsonl")
     assert "keys in two buckets" in err
     assert "no bucket in 's3:///x'" in cli.fails(EXIT_USAGE, "cat", "s3:///x")
+    assert "must not be empty" in cli.fails(EXIT_USAGE, "gc", f"s3://{bucket}/")
+    assert "must not be empty" in cli.fails(EXIT_USAGE, "rm", "--prefix", f"s3://{bucket}/")
 
 
 # -- 3. endpoints, buckets, access, placeholders: one line each, the table's exit code ----------
