@@ -73,11 +73,11 @@ from s3exchange import S3ExchangeStore
 from s3exchange.types import ManifestEntry
 
 from .plan import Balance, EpochPlan, Segment, rank_size
-from .prefetch import Item, Prefetcher, plan_jobs
+from .prefetch import MAX_SAMPLE_BYTES, Item, Prefetcher, SampleTooLargeError, plan_jobs
 from .shuffle import ResumePoint, buffer_rng, replay, shuffled
 from .units import GroupBy, Unit, resolve_units
 
-__all__ = ["STATE_VERSION", "S3ExchangeIterableDataset"]
+__all__ = ["MAX_SAMPLE_BYTES", "STATE_VERSION", "S3ExchangeIterableDataset", "SampleTooLargeError"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,10 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         prefetch_shards: shards streamed ahead of the one being consumed, per worker.
         verify: check sizes and checksums (crc32c / sha256) against the manifest
             (``None``: the store's default).
+        max_sample_bytes: largest shard member or loose file read (default 256 MiB): a
+            larger one raises :class:`~s3exchange_torch.prefetch.SampleTooLargeError` naming
+            archive and member, from the size its header or manifest entry gives, before any
+            of it is read (a sample is held whole, up to ``shuffle_buffer`` of them).
     """
 
     def __init__(
@@ -211,8 +215,11 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         io_threads: int | None = None,
         prefetch_shards: int = 2,
         verify: bool | None = None,
+        max_sample_bytes: int = MAX_SAMPLE_BYTES,
     ) -> None:
         super().__init__()
+        if max_sample_bytes < 1:
+            raise ValueError(f"max_sample_bytes must be >= 1, got {max_sample_bytes}")
         if balance not in (None, "pad", "drop"):
             raise ValueError(f"balance must be None, 'pad' or 'drop', got {balance!r}")
         if group_by not in (None, "key"):
@@ -238,6 +245,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         self._io_threads = io_threads
         self._prefetch_shards = prefetch_shards
         self._verify = verify
+        self._max_sample_bytes = max_sample_bytes
         # Shared memory: persistent workers see set_epoch() at their next iter().
         self._epoch = torch.zeros((), dtype=torch.int64)
         self._epoch.share_memory_()  # type: ignore[no-untyped-call]
@@ -366,6 +374,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             io_threads=io_threads,
             prefetch_shards=self._prefetch_shards,
             verify=self._verify,
+            max_sample_bytes=self._max_sample_bytes,
         )
         try:
             items: Iterator[Item] = chain.from_iterable(prefetcher.chunks())

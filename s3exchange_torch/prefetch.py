@@ -31,7 +31,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from s3exchange import S3ExchangeStore, ShardReadError
+from s3exchange import S3ExchangeError, S3ExchangeStore, ShardReadError
+from s3exchange.shard import ShardMember
 from s3exchange.types import FileEntry, ShardEntry
 
 from .collate import Sample
@@ -42,9 +43,11 @@ from .units import GroupBy, Unit, loose_sample, member_path, sample_key
 __all__ = [
     "CHUNK_BYTES",
     "CHUNK_SAMPLES",
+    "MAX_SAMPLE_BYTES",
     "QUEUE_CHUNKS",
     "Job",
     "Prefetcher",
+    "SampleTooLargeError",
     "Wanted",
     "plan_jobs",
 ]
@@ -58,6 +61,10 @@ CHUNK_BYTES = 1 << 20
 QUEUE_CHUNKS = 4
 """Lists a shard thread may have ready before it waits for the consumer."""
 _POLL_S = 0.1
+MAX_SAMPLE_BYTES = 256 << 20
+"""Default ``max_sample_bytes``: a sample is held whole in memory (and up to ``shuffle_buffer``
+of them per worker), so a member or file above it is refused before a byte of it is read; a
+3 GiB member of a 3 MB .tar.gz once drove a worker to 6.4 GiB RSS."""
 """How often a thread blocked on a full queue looks at the stop event."""
 
 Item: TypeAlias = tuple[Any, Any]
@@ -237,18 +244,65 @@ class _LooseRead:
         return loose_sample(self.entries, datas), list(self.entries)
 
 
+class SampleTooLargeError(S3ExchangeError):
+    """A shard member or loose file larger than the dataset's ``max_sample_bytes``."""
+
+    def __init__(
+        self,
+        key: str | None = None,
+        size: int | None = None,
+        limit: int | None = None,
+        member_path: str | None = None,
+        *,
+        message: str | None = None,
+    ) -> None:
+        self.key = key
+        self.size = size
+        self.limit = limit
+        self.member_path = member_path
+        if message is None:
+            where = f"shard {key!r} member {member_path!r}" if member_path else f"{key!r}"
+            message = (
+                f"{where}: {size} bytes exceed max_sample_bytes={limit} "
+                "(a sample is held whole in memory; raise the limit to read it)"
+            )
+        super().__init__(message)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
 
 
-def _read_file(store: S3ExchangeStore, entry: FileEntry, verify: bool | None) -> bytes:
-    """One loose file, whole, in one GET (the store's fast path: ~10x less CPU than botocore)."""
-    return store.read_file_entry(entry, verify=verify)
+def _read_file(store: S3ExchangeStore, entry: FileEntry, verify: bool | None, limit: int) -> bytes:
+    """One loose file, whole, in one GET (the store's fast path: ~10x less CPU than botocore)
+    when its manifest size is within ``limit``; otherwise a stream whose size is checked first
+    (a file without ``size_bytes``, a shard member listed as a file)."""
+    size = entry.get("size_bytes")
+    member = entry.get("member_path") if "archive_key" in entry else None
+    key = entry["archive_key"] if member else entry["key"]
+    if size is not None and size > limit:
+        raise SampleTooLargeError(key, size, limit, member)
+    if size is not None and member is None:
+        return store.read_file_entry(entry, verify=verify)
+    with store.open_file_entry(entry, verify=verify) as stream:
+        size = getattr(stream, "size", None)
+        if size is not None and size > limit:
+            raise SampleTooLargeError(key, size, limit, member)
+        return stream.read()
+
+
+def _member_data(member: ShardMember, archive_key: str, limit: int) -> bytes:
+    """A member's data, refused from its header size (checked against the internal manifest)
+    before any of it is read when it exceeds ``limit``."""
+    size = member.stream.size
+    if size > limit:
+        raise SampleTooLargeError(archive_key, size, limit, member.stream.member_path)
+    return member.read()
 
 
 def _shard_members(
-    store: S3ExchangeStore, job: Job, verify: bool | None, stop: threading.Event
+    store: S3ExchangeStore, job: Job, verify: bool | None, stop: threading.Event, limit: int
 ) -> Iterator[list[Item]]:
     """A shard job's ``(data, entry)`` samples, in lists; stops reading after the last one."""
     entry: ShardEntry = job.unit  # type: ignore[assignment]
@@ -261,7 +315,7 @@ def _shard_members(
     size = 0
     try:
         for member in members:
-            data = member.read()
+            data = _member_data(member, entry["archive_key"], limit)
             chunk.append(Sample(data, member.entry))
             size += len(data)
             remaining -= 1
@@ -310,7 +364,7 @@ class _GroupSelector:
 
 
 def _shard_groups(
-    store: S3ExchangeStore, job: Job, verify: bool | None, stop: threading.Event
+    store: S3ExchangeStore, job: Job, verify: bool | None, stop: threading.Event, limit: int
 ) -> Iterator[list[Item]]:
     """A grouped shard job's ``(sample, entries)`` samples, in lists."""
     entry: ShardEntry = job.unit  # type: ignore[assignment]
@@ -338,7 +392,7 @@ def _shard_groups(
                 key = sample_key(member_path(member.entry))
                 sample = {"__key__": key[0] if key else "", "__url__": archive}
                 entries = []
-            data = member.read()
+            data = _member_data(member, archive, limit)
             sample[selector.field] = data
             entries.append(member.entry)
             size += len(data)
@@ -370,8 +424,10 @@ class Prefetcher:
         io_threads: int = 16,
         prefetch_shards: int = 2,
         verify: bool | None = None,
+        max_sample_bytes: int = MAX_SAMPLE_BYTES,
     ) -> None:
         self._store = store
+        self._limit = max_sample_bytes
         self._jobs = iter(jobs)
         self._next: Job | None = next(self._jobs, None)
         self._group_by = group_by
@@ -429,13 +485,13 @@ class Prefetcher:
             self._next = next(self._jobs, None)
 
     def _reader(self, job: Job) -> Callable[[], Iterator[list[Item]]]:
-        store, verify, stop = self._store, self._verify, self._stop
+        store, verify, stop, limit = self._store, self._verify, self._stop, self._limit
         read = _shard_members if self._group_by is None else _shard_groups
-        return lambda: read(store, job, verify, stop)
+        return lambda: read(store, job, verify, stop, limit)
 
     def _fetch(self, entry: FileEntry) -> Callable[[], bytes]:
-        store, verify = self._store, self._verify
-        return lambda: _read_file(store, entry, verify)
+        store, verify, limit = self._store, self._verify, self._limit
+        return lambda: _read_file(store, entry, verify, limit)
 
     def close(self) -> None:
         """Stop every thread (each finishes at most its current request) and drop the window."""

@@ -522,7 +522,7 @@ def test_an_internal_manifest_nested_too_deeply_is_a_shard_read_error(
     body = _tar({"__manifest__.jsonl": nested, "ok.bin": b"ok"})
     s3_client.put_object(Bucket=bucket, Key="deep.tar", Body=body)
     store.write_manifest("m.jsonl", [{"kind": "shard", "archive_key": "deep.tar"}])
-    too_deep = r"'deep\.tar': internal manifest: JSON nested too deeply"
+    too_deep = r"'deep\.tar': internal manifest line 1: JSON nested too deeply"
     with pytest.raises(ShardReadError, match=too_deep):
         list(store.list_manifest_files("m.jsonl"))
     with pytest.raises(ShardReadError, match=too_deep):
