@@ -5,6 +5,11 @@ writing, so building a tar stream overlaps with the network. ``close()`` complet
 ``abort()`` (or leaving the ``with`` block by an exception) aborts it, so a failure leaves no
 object and no pending upload behind. A stream that ends below one part size is sent with a single
 ``PutObject`` instead.
+
+With ``hold_head`` the first bytes are held back as part 1 and uploaded at close, after
+:meth:`MultipartWriter.prepend` has put what is known only at the end in front of them (a shard's
+internal manifest): S3 assembles parts by number whatever the upload order, and only the last
+may be under 5 MiB, so a head of at least that much can go last.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class MultipartWriter(io.RawIOBase):
     """Write bytes to ``bucket/key``; the object appears only when :meth:`close` succeeds.
 
     Up to ``2 * concurrency`` full parts wait for the pool, so its threads never idle while the
-    next part is built; memory is bounded by ``part_size * (2 * concurrency + 1)``.
+    next part is built; memory is bounded by ``part_size * (2 * concurrency + 1) + hold_head``.
     """
 
     def __init__(
@@ -47,9 +52,12 @@ class MultipartWriter(io.RawIOBase):
         content_type: str | None = None,
         extra_args: dict[str, Any] | None = None,
         display_key: str | None = None,
+        hold_head: int = 0,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be >= {MIN_PART_SIZE} bytes (S3's minimum)")
+        if hold_head and hold_head < MIN_PART_SIZE:
+            raise ValueError(f"hold_head must be 0 or >= {MIN_PART_SIZE} bytes (S3's minimum)")
         self._client = client
         self._bucket = bucket
         self._key = key
@@ -61,6 +69,9 @@ class MultipartWriter(io.RawIOBase):
             self._extra["ContentType"] = content_type
         self._part = bytearray(part_size)
         self._fill = 0
+        self._hold = hold_head
+        self._head = bytearray()  # part 1, with hold_head: sent at close
+        self._prefix = b""
         self._upload_id: str | None = None
         self._pending: set[Future[dict[str, Any]]] = set()
         self._parts: list[dict[str, Any]] = []
@@ -83,6 +94,10 @@ class MultipartWriter(io.RawIOBase):
             raise ValueError("write to a closed MultipartWriter")
         view = memoryview(data).cast("B")
         size = len(view)
+        if len(self._head) < self._hold:
+            take = self._hold - len(self._head)
+            self._head += view[:take]
+            view = view[take:]
         while view:
             take = min(len(view), self._part_size - self._fill)
             self._part[self._fill : self._fill + take] = view[:take]
@@ -94,7 +109,16 @@ class MultipartWriter(io.RawIOBase):
         self._bytes_written += size
         return size
 
-    def _submit(self, body: bytearray) -> None:
+    def prepend(self, data: bytes | bytearray) -> None:
+        """Put ``data`` in front of everything written (with ``hold_head``, before close)."""
+        if not self._hold:
+            raise ValueError("prepend needs a MultipartWriter made with hold_head")
+        if self._done:
+            raise ValueError("prepend to a closed MultipartWriter")
+        self._prefix = bytes(data) + self._prefix
+        self._bytes_written += len(data)
+
+    def _submit(self, body: bytearray, number: int | None = None) -> None:
         if self._upload_id is None:
             self._upload_id = self._call(
                 "CreateMultipartUpload",
@@ -103,7 +127,8 @@ class MultipartWriter(io.RawIOBase):
                 ),
             )["UploadId"]
             self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="s3x-part")
-        number = len(self._parts) + len(self._pending) + 1
+        if number is None:  # parts 2.. when part 1 is the held head
+            number = len(self._parts) + len(self._pending) + 1 + (1 if self._hold else 0)
         if number > MAX_PARTS:
             raise UploadError(self._display_key, f"more than {MAX_PARTS} parts; raise part_size")
         while len(self._pending) >= 2 * self._concurrency:
@@ -153,8 +178,10 @@ class MultipartWriter(io.RawIOBase):
     def _finish(self) -> None:
         tail = self._part[: self._fill]
         self._part, self._fill = bytearray(), 0
+        head, self._head = self._prefix + self._head, bytearray()
+        self._prefix = b""
         if self._upload_id is None:
-            body = bytes(tail)
+            body = head + tail
             response = self._call(
                 "PutObject",
                 lambda: self._client.put_object(
@@ -165,6 +192,9 @@ class MultipartWriter(io.RawIOBase):
             return
         if tail:
             self._submit(tail)
+        if self._hold:
+            self._submit(bytearray(head), 1)
+        del head
         self._collect("ALL_COMPLETED")
         self._parts.sort(key=lambda part: int(part["PartNumber"]))
         self._shutdown_pool()
@@ -184,6 +214,7 @@ class MultipartWriter(io.RawIOBase):
         """Drop everything: pending parts are cancelled and the upload is aborted server-side."""
         self._done = True
         self._part, self._fill = bytearray(), 0
+        self._head, self._prefix = bytearray(), b""
         for future in self._pending:
             future.cancel()
         self._shutdown_pool()

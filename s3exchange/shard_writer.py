@@ -14,12 +14,14 @@ as parts 2..N of the store's ``part_size`` (8 MiB) while samples arrive, and at 
 part 1 = internal manifest member + head, then completes. A shard that ends within the head and
 one part is a single PutObject.
 
-Cost: one shard is open at a time; its memory is the head (5 MiB) + the part being filled (8 MiB)
-+ up to ``upload_concurrency`` parts in flight (2 x 8 MiB) + the internal manifest lines (~130
-bytes a member): ~29 MiB + 130 B/member whatever the shard size. Measured: a 33 MiB tracemalloc
-peak (botocore's buffers and the caller's 1 MiB sample included) streaming 1 GiB into four
-256 MiB shards, on moto and SeaweedFS alike (RSS grew 42 MiB). Closing a shard waits for one more
-request (part 1), and its first 5 MiB reach the server only then.
+Cost: one shard is open at a time; it streams through :class:`~s3exchange.multipart.MultipartWriter`
+(``hold_head``), so its memory is the head (5 MiB) + the part being filled (8 MiB) + up to
+``2 x upload_concurrency`` parts queued or in flight (4 x 8 MiB, the writer's measured best for
+throughput) + the internal manifest lines (~130 bytes a member): ~45 MiB + 130 B/member whatever
+the shard size. Measured: a 54 MiB tracemalloc peak (botocore's buffers and the caller's 1 MiB
+sample included) streaming 256 MiB into two 128 MiB shards on moto (33 MiB with the writer's own
+upload loop of one part in flight per thread, before it shared MultipartWriter). Closing a shard
+waits for one more request (part 1), and its first 5 MiB reach the server only then.
 
 gzip: one gzip member, not two. Two concatenated gzip members are a valid .tar.gz to gzip, GNU
 tar and ``tarfile``'s ``r:gz``, but ``tarfile``'s stream mode (``r|gz``, which webdataset uses)
@@ -40,17 +42,15 @@ import struct
 import sys
 import zlib
 from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import crc32c
-from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import ShardWriteError, UploadError
+from .errors import ShardWriteError
 from .keys import KeySpace
-from .multipart import MAX_PARTS, MIN_PART_SIZE
+from .multipart import MIN_PART_SIZE, MultipartWriter
 from .shard import _MAX_INTERNAL_MANIFEST, _member_path_problem, _tar_header
 from .types import INTERNAL_MANIFEST_PATH, Compression, ShardEntry, UpdateMode
 
@@ -265,7 +265,7 @@ def _encode_sample(sample: Mapping[str, Any]) -> tuple[str, list[_Member]]:
 
 
 class _ShardUpload:
-    """One archive being written: the head kept in memory, later bytes sent as parts 2..N."""
+    """One archive being written through a :class:`MultipartWriter` that holds its head back."""
 
     def __init__(
         self,
@@ -279,27 +279,23 @@ class _ShardUpload:
         part_size: int,
         concurrency: int,
     ) -> None:
-        self._client = client
-        self._bucket = bucket
-        self._physical = physical_key
         self.archive_key = archive_key
         self.compression = compression
         self._gzip = _GzipFrame(compresslevel) if compression == "gzip" else None
-        self._content_type = "application/gzip" if compression else "application/x-tar"
-        self._part_size = part_size
-        self._concurrency = max(1, concurrency)
+        self._writer = MultipartWriter(
+            client,
+            bucket,
+            physical_key,
+            part_size=part_size,
+            concurrency=concurrency,
+            content_type="application/gzip" if compression else "application/x-tar",
+            display_key=archive_key,
+            hold_head=HEAD_SIZE,
+        )
         self.lines: list[bytes] = []
         self.manifest_bytes = 0
         self.members_size = 0
         self.keys: set[str] = set()
-        self._head = bytearray()
-        self._part = bytearray()
-        self._size = 0
-        self._next_part = 2
-        self._upload_id: str | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: set[Future[dict[str, Any]]] = set()
-        self._parts: list[dict[str, Any]] = []
 
     @property
     def count(self) -> int:
@@ -321,68 +317,8 @@ class _ShardUpload:
         self.keys.add(key)
 
     def _write(self, data: bytes | memoryview) -> None:
-        """Tar bytes in: deflated when gzip, then on to the head or the current part."""
-        self._emit(self._gzip.compress(data) if self._gzip is not None else data)
-
-    def _emit(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        self._size += len(view)
-        if len(self._head) < HEAD_SIZE:
-            take = HEAD_SIZE - len(self._head)
-            self._head += view[:take]
-            view = view[take:]
-        while view:
-            take = self._part_size - len(self._part)
-            self._part += view[:take]
-            view = view[take:]
-            if len(self._part) == self._part_size:
-                full, self._part = self._part, bytearray()
-                self._submit(self._next_part, full)
-                self._next_part += 1
-
-    def _call(self, what: str, request: Any) -> Any:
-        try:
-            return request()
-        except (ClientError, BotoCoreError) as exc:
-            raise UploadError(self.archive_key, f"{what}: {exc}") from exc
-
-    def _submit(self, number: int, body: bytearray) -> None:
-        if number > MAX_PARTS:
-            raise UploadError(
-                self.archive_key, f"more than {MAX_PARTS} parts; raise part_size or lower max_bytes"
-            )
-        if self._upload_id is None:
-            self._upload_id = self._call(
-                "CreateMultipartUpload",
-                lambda: self._client.create_multipart_upload(
-                    Bucket=self._bucket, Key=self._physical, ContentType=self._content_type
-                ),
-            )["UploadId"]
-            self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="s3x-shard")
-        # At most `concurrency` parts in flight: the memory bound in the module docstring.
-        while len(self._pending) >= self._concurrency:
-            self._collect(FIRST_COMPLETED)
-        assert self._pool is not None
-        self._pending.add(self._pool.submit(self._upload_part, number, body))
-
-    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
-        upload_id = self._upload_id
-        assert upload_id is not None
-        response = self._call(
-            f"UploadPart {number}",
-            lambda: self._client.upload_part(
-                Bucket=self._bucket,
-                Key=self._physical,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=body,  # type: ignore[arg-type]  # botocore sends any bytes-like body
-            ),
-        )
-        return {"PartNumber": number, "ETag": response["ETag"]}
-
-    def _collect(self, until: str) -> None:
-        done, self._pending = wait(self._pending, return_when=until)
-        self._parts.extend(future.result() for future in done)
+        """Tar bytes in: deflated when gzip, then to the upload (head first, then parts)."""
+        self._writer.write(self._gzip.compress(data) if self._gzip is not None else data)
 
     def finish(self) -> ShardEntry:
         """End the archive, put the internal manifest in front, and complete the upload."""
@@ -392,44 +328,11 @@ class _ShardUpload:
         self._write(_EOF_MARKER)
         if self._gzip is not None:
             first, last = self._gzip.finish(head)
-            self._emit(last)
+            self._writer.write(last)
         else:
             first = head
-        self._size += len(first)
-        self._head[:0] = first
-        body, self._head = self._head, bytearray()
-        if self._upload_id is None:
-            body += self._part
-            self._part = bytearray()
-            response = self._call(
-                "PutObject",
-                lambda: self._client.put_object(
-                    Bucket=self._bucket,
-                    Key=self._physical,
-                    Body=body,  # type: ignore[arg-type]
-                    ContentType=self._content_type,
-                ),
-            )
-        else:
-            if self._part:
-                tail, self._part = self._part, bytearray()
-                self._submit(self._next_part, tail)
-            self._submit(1, body)
-            del body
-            self._collect("ALL_COMPLETED")
-            self._shutdown()
-            parts = sorted(self._parts, key=lambda part: int(part["PartNumber"]))
-            upload_id = self._upload_id
-            response = self._call(
-                "CompleteMultipartUpload",
-                lambda: self._client.complete_multipart_upload(
-                    Bucket=self._bucket,
-                    Key=self._physical,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
-                ),
-            )
-            self._upload_id = None
+        self._writer.prepend(first)
+        self._writer.close()
         entry: ShardEntry = {
             "kind": "shard",
             "archive_key": self.archive_key,
@@ -437,34 +340,16 @@ class _ShardUpload:
             "compression": self.compression,
             "internal_manifest_path": INTERNAL_MANIFEST_PATH,
             "count": self.count,
-            "size_bytes": self._size,
+            "size_bytes": self._writer.bytes_written,
             "members_size_bytes": self.members_size,
         }
-        if response.get("ETag"):
-            entry["etag"] = response["ETag"]
+        if self._writer.etag:
+            entry["etag"] = self._writer.etag
         return entry
 
     def abort(self) -> None:
         """Drop the buffers, stop the parts in flight and abort the upload server-side."""
-        self._head, self._part = bytearray(), bytearray()
-        for future in self._pending:
-            future.cancel()
-        self._shutdown()
-        self._pending.clear()
-        if self._upload_id is not None:
-            upload_id, self._upload_id = self._upload_id, None
-            try:
-                self._client.abort_multipart_upload(
-                    Bucket=self._bucket, Key=self._physical, UploadId=upload_id
-                )
-            except (ClientError, BotoCoreError) as exc:
-                # The original error matters more; `store.abort_stale_uploads` reaps the rest.
-                log.warning("could not abort the upload of %r: %s", self.archive_key, exc)
-
-    def _shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._writer.abort()
 
 
 # --------------------------------------------------------------------------------------------
