@@ -6,7 +6,7 @@ mid-epoch with ``torchdata``'s ``StatefulDataLoader``. See :mod:`s3exchange_torc
 """
 
 from .collate import PackedBatch, Sample, pack_bytes
-from .dataset import S3ExchangeIterableDataset
+from .dataset import S3ExchangeIterableDataset, SampleTooLargeError
 from .loader import LoaderWorkerError, S3ExchangeLoader, collate_into
 from .plan import Balance, EpochPlan, Segment
 from .units import GroupBy, sample_key
@@ -20,6 +20,7 @@ __all__ = [
     "S3ExchangeIterableDataset",
     "S3ExchangeLoader",
     "Sample",
+    "SampleTooLargeError",
     "Segment",
     "collate_into",
     "pack_bytes",

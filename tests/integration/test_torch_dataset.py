@@ -423,10 +423,11 @@ def test_io_threads_default_to_what_the_connection_pool_leaves_free(
     def store_with_pool(size: int) -> S3ExchangeStore:
         return S3ExchangeStore(moto_server.s3.client(max_pool_connections=size), bucket)
 
-    assert dataset_module._io_threads(store_with_pool(10), None, shard_streams=3) == 7
-    assert dataset_module._io_threads(store_with_pool(64), None, shard_streams=3) == 32
-    assert dataset_module._io_threads(store_with_pool(2), None, shard_streams=3) == 1
+    io_threads = dataset_module._io_threads
+    assert io_threads(store_with_pool(10), None, shard_streams=3, num_workers=1) == 7
+    assert io_threads(store_with_pool(64), None, shard_streams=3, num_workers=1) == 32
+    assert io_threads(store_with_pool(2), None, shard_streams=3, num_workers=1) == 1
     dataset_module._POOL_WARNED.discard(os.getpid())
     with caplog.at_level("WARNING", logger="s3exchange_torch.dataset"):
-        assert dataset_module._io_threads(store_with_pool(10), 16, shard_streams=3) == 16
+        assert io_threads(store_with_pool(10), 16, shard_streams=3, num_workers=1) == 16
     assert "max_pool_connections=19" in caplog.text
