@@ -28,7 +28,6 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import psutil  # type: ignore[import-untyped,unused-ignore]
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -214,6 +213,8 @@ class _PeakRss:
     """
 
     def __init__(self) -> None:
+        import psutil  # type: ignore[import-untyped,unused-ignore]  # the memory scenario only
+
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
