@@ -202,6 +202,18 @@ def unfinished_key(manifest_key: str) -> str:
     return LiteralKey(f"{manifest_key}{UNFINISHED_SUFFIX}")
 
 
+def unfinished_pack(store: S3ExchangeStore, root: str) -> str | None:
+    """The side manifest of a pack into ``root`` (a resolved key) that has not finished, if any:
+    what ``verify`` and the dataset refuse unless told to accept it."""
+    if root.endswith(UNFINISHED_SUFFIX):
+        return root
+    side = unfinished_key(root)
+    return side if store.exists(side) else None
+
+
+UNFINISHED_HINT = "run the same pack command again to finish it"
+
+
 def shard_key(prefix: str, index: int, compression: Compression) -> str:
     """``{prefix}/shard-{index:05d}.tar`` (``.tar.gz`` when gzipped)."""
     suffix = ".tar.gz" if compression == "gzip" else ".tar"

@@ -44,6 +44,7 @@ __all__ = [
     "ShardWriteResult",
     "iter_internal_manifest",
     "iter_shard",
+    "key_and_field",
     "read_internal_manifest",
     "sample_key",
     "split_items",
@@ -167,14 +168,26 @@ def _item_size(item: ShardItem) -> int:
     )
 
 
-_SAMPLE_KEY = re.compile(r"^((?:.*/|)[^.]+)[.][^/]*$")
-"""webdataset's ``base_plus_ext``: the key is the path up to the first dot of its basename."""
+_KEY_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+"""webdataset's ``base_plus_ext``: key up to the first dot of the basename, then the field."""
+
+
+def key_and_field(path: str) -> tuple[str, str] | None:
+    """``(key, field)`` of a path as webdataset splits it, or ``None`` without an extension.
+
+    ``"a/b/x.seg.PNG"`` gives ``("a/b/x", "seg.png")``: the field is lower-cased, as
+    webdataset's ``group_by_keys`` does. The same regular expression, so edge cases agree too.
+    """
+    match = _KEY_FIELD.match(path)
+    if match is None:
+        return None
+    return match.group(1), match.group(2).lower()
 
 
 def sample_key(member_path: str) -> str:
     """The webdataset sample ``member_path`` belongs to; a path without extension is its own."""
-    match = _SAMPLE_KEY.match(member_path)
-    return match.group(1) if match else member_path
+    split = key_and_field(member_path)
+    return split[0] if split else member_path
 
 
 def split_items(

@@ -69,7 +69,8 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from s3exchange import S3ExchangeStore
+from s3exchange import InvalidManifestError, LiteralKey, S3ExchangeStore
+from s3exchange.packing import UNFINISHED_HINT, unfinished_pack
 from s3exchange.types import ManifestEntry
 
 from .plan import Balance, EpochPlan, Segment, rank_size
@@ -197,6 +198,10 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             larger one raises :class:`~s3exchange_torch.prefetch.SampleTooLargeError` naming
             archive and member, from the size its header or manifest entry gives, before any
             of it is read (a sample is held whole, up to ``shuffle_buffer`` of them).
+        allow_unfinished: read a manifest that a ``pack`` still writing (or interrupted)
+            left behind, with a warning; by default such a manifest raises
+            :class:`~s3exchange.InvalidManifestError` saying to run the same pack again, so
+            an epoch never silently covers a third of the data.
     """
 
     def __init__(
@@ -216,6 +221,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         prefetch_shards: int = 2,
         verify: bool | None = None,
         max_sample_bytes: int = MAX_SAMPLE_BYTES,
+        allow_unfinished: bool = False,
     ) -> None:
         super().__init__()
         if max_sample_bytes < 1:
@@ -246,6 +252,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         self._prefetch_shards = prefetch_shards
         self._verify = verify
         self._max_sample_bytes = max_sample_bytes
+        self._allow_unfinished = allow_unfinished
         # Shared memory: persistent workers see set_epoch() at their next iter().
         self._epoch = torch.zeros((), dtype=torch.int64)
         self._epoch.share_memory_()  # type: ignore[no-untyped-call]
@@ -287,9 +294,28 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
     def _resolved(self) -> tuple[list[Unit], list[int]]:
         if self._units is None or self._counts is None:
             assert self._manifest is not None
-            self._units, self._counts = resolve_units(self._store, self._manifest, self._group_by)
+            source = self._manifest
+            if isinstance(source, str):
+                source = self._finished(source)
+            self._units, self._counts = resolve_units(self._store, source, self._group_by)
             self._manifest = None  # entries in hand now live in the units
         return self._units, self._counts
+
+    def _finished(self, key: str) -> str:
+        """``key``, unless a ``pack`` into it has not finished: refused, or (allowed) the
+        side manifest when the pack never got to write ``key`` itself."""
+        store = self._store
+        root = LiteralKey(store.resolve(key))
+        side = unfinished_pack(store, root)
+        if side is None:
+            return key
+        what = f"a pack into {root!r} has not finished ({side!r} lists its shards so far)"
+        if not self._allow_unfinished:
+            raise InvalidManifestError(
+                root, f"{what}; {UNFINISHED_HINT}, or pass allow_unfinished=True to read it"
+            )
+        log.warning("%s; reading what it wrote", what)
+        return LiteralKey(side) if side != root and not store.exists(root) else key
 
     @property
     def num_samples(self) -> int:

@@ -27,7 +27,7 @@ from ..errors import (
     ShardReadError,
 )
 from ..keys import split_virtual_key
-from ..packing import UNFINISHED_SUFFIX, unfinished_key
+from ..packing import UNFINISHED_HINT, unfinished_pack
 from ..types import FileEntry, ShardEntry
 from ._common import (
     CHUNK,
@@ -252,17 +252,6 @@ def verify_manifest(
 ) -> VerifyReport:
     """Check everything ``key`` references; the report lists every problem found."""
     return Verifier(store, key, data=data, bar=bar or Progress("", enabled=False)).run()
-
-
-def unfinished_pack(store: S3ExchangeStore, root: str) -> str | None:
-    """The side manifest of a pack into ``root`` that has not finished, if there is one."""
-    if root.endswith(UNFINISHED_SUFFIX):
-        return root
-    side = unfinished_key(root)
-    return side if store.exists(side) else None
-
-
-UNFINISHED_HINT = "run the same pack command again to finish it"
 
 
 def _check_finished(
