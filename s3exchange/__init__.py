@@ -39,7 +39,8 @@ from .types import (
     ShardItem,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
+"""The one place the version is written; ``pyproject.toml`` reads it (``dynamic``)."""
 
 __all__ = [
     "AccessDeniedError",

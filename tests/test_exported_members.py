@@ -1,0 +1,104 @@
+"""The public names of both packages, pinned (httpx's ``tests/test_exported_members.py``).
+
+Adding or removing a public name is a deliberate change: it edits the expected list here and
+gets a line in ``CHANGELOG.md``.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import s3exchange
+import s3exchange_torch
+
+S3EXCHANGE = [
+    "AccessDeniedError",
+    "CompactReport",
+    "ConcurrentModificationError",
+    "DeleteError",
+    "DeleteFailure",
+    "DeleteReport",
+    "FileEntry",
+    "IntegrityError",
+    "InvalidKeyError",
+    "InvalidManifestError",
+    "LiteralKey",
+    "ManifestEntry",
+    "ManifestNotFoundError",
+    "ManifestRefEntry",
+    "MissingPlaceholderError",
+    "ObjectChangedError",
+    "ObjectNotFoundError",
+    "ObjectStream",
+    "ReadInterruptedError",
+    "RetryPolicy",
+    "S3ExchangeError",
+    "S3ExchangeStore",
+    "S3Settings",
+    "Shard",
+    "ShardEntry",
+    "ShardItem",
+    "ShardMember",
+    "ShardReadError",
+    "ShardWriteError",
+    "ShardWriter",
+    "StorageError",
+    "UploadError",
+    "__version__",
+]
+
+S3EXCHANGE_TORCH = [
+    "Balance",
+    "EpochPlan",
+    "GroupBy",
+    "LoaderWorkerError",
+    "PackedBatch",
+    "S3ExchangeIterableDataset",
+    "S3ExchangeLoader",
+    "Sample",
+    "SampleTooLargeError",
+    "Segment",
+    "collate_into",
+    "pack_bytes",
+    "sample_key",
+]
+
+each_package = pytest.mark.parametrize(
+    ("package", "expected"),
+    [
+        pytest.param(s3exchange, S3EXCHANGE, id="s3exchange"),
+        pytest.param(s3exchange_torch, S3EXCHANGE_TORCH, id="s3exchange_torch"),
+    ],
+)
+
+
+@each_package
+def test_all_is_exactly_the_expected_list(package: types.ModuleType, expected: list[str]) -> None:
+    assert package.__all__ == expected
+
+
+@each_package
+def test_every_exported_name_exists(package: types.ModuleType, expected: list[str]) -> None:
+    missing = [name for name in expected if not hasattr(package, name)]
+    assert missing == []
+
+
+@each_package
+def test_every_public_name_the_package_binds_is_exported(
+    package: types.ModuleType, expected: list[str]
+) -> None:
+    # submodules become attributes of the package when imported; they are not exports
+    public = {
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert sorted(public - set(package.__all__)) == []
+
+
+def test_the_version_is_the_installed_distribution_version() -> None:
+    from importlib.metadata import version
+
+    assert s3exchange.__version__ == version("s3exchange")
