@@ -57,7 +57,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("HTTP body: socket reads", ("urllib3/response.py", "http/client.py", "socket.py")),
     ("HTTP request: botocore (sign, send, parse headers)", ("botocore/", "urllib3/")),
     ("body wrappers (ObjectStream, checked stream)", ("s3exchange/body.py", "s3exchange/store.py")),
-    ("tar parsing + member copies", ("s3exchange/shard.py",)),
+    ("tar parsing + member copies", ("s3exchange/tar_parser.py", "s3exchange/tar_reader.py")),
     ("manifest / units / plan", ("s3exchange/manifest.py", "s3exchange_torch/units.py")),
     ("shuffle buffer", ("s3exchange_torch/shuffle.py",)),
     ("prefetch: thread hand-offs (queues, futures)", ("s3exchange_torch/prefetch.py",)),

@@ -24,10 +24,11 @@ from .errors import (
     UploadError,
 )
 from .keys import LiteralKey
+from .samples import Shard
 from .settings import S3Settings
-from .shard import Shard, ShardMember
 from .shard_writer import ShardWriter
 from .store import S3ExchangeStore
+from .tar_reader import ShardMember
 from .types import (
     CompactReport,
     DeleteFailure,

@@ -1,6 +1,6 @@
 """Packing a local directory into tar shards plus manifest entries, resumably.
 
-The work is a pure plan (:func:`plan_shards`: sorted files cut by :func:`~s3exchange.shard.
+The work is a pure plan (:func:`plan_shards`: sorted files cut by :func:`~s3exchange.samples.
 split_items` into ``{prefix}/shard-{i:05d}.tar[.gz]``) reconciled (:func:`reconcile`) with what
 the manifest already lists and what the bucket already holds, then executed by :func:`pack`.
 Because the plan is deterministic, shard ``i`` of a rerun has the same members, so a rerun
@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, cast
 
 from .errors import ManifestNotFoundError, S3ExchangeError, ShardReadError
 from .keys import LiteralKey
-from .shard import CHECKSUM_FIELDS, hexdigest, new_digest, sample_key, split_items
+from .samples import sample_key, split_items
+from .shard_format import CHECKSUM_FIELDS, hexdigest, new_digest
 from .store import STALE_UPLOAD_SECONDS
 from .types import Compression, FileEntry, ShardEntry, ShardItem
 
@@ -221,7 +222,7 @@ def shard_key(prefix: str, index: int, compression: Compression) -> str:
 
 
 def shuffled(files: Sequence[SourceFile], seed: int) -> list[SourceFile]:
-    """``files`` with their samples (files sharing a :func:`~s3exchange.shard.sample_key`) in
+    """``files`` with their samples (files sharing a :func:`~s3exchange.samples.sample_key`) in
     an order drawn from ``seed``; a sample's files stay together, in their order."""
     samples: dict[str, list[SourceFile]] = {}
     for f in files:

@@ -51,7 +51,8 @@ import crc32c
 from .errors import ShardWriteError
 from .keys import KeySpace
 from .multipart import MIN_PART_SIZE, MultipartWriter
-from .shard import _MAX_INTERNAL_MANIFEST, _member_path_problem, _tar_header
+from .shard_format import MAX_INTERNAL_MANIFEST_BYTES, member_path_problem
+from .tar_writer import tar_header
 from .types import INTERNAL_MANIFEST_PATH, Compression, ShardEntry, UpdateMode
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ def _check_key(sample: Mapping[str, Any]) -> str:
     key = sample["__key__"]
     if not isinstance(key, str):
         raise TypeError(f"sample '__key__' must be a str, got {type(key).__name__} {key!r}")
-    problem = _member_path_problem(key)
+    problem = member_path_problem(key)
     if problem is None and "." in key.rpartition("/")[2]:
         problem = "the last path component holds a '.', where readers would split the field"
     if problem is not None:
@@ -240,7 +241,7 @@ def _encode_sample(sample: Mapping[str, Any]) -> tuple[str, list[_Member]]:
         if problem is None and path == INTERNAL_MANIFEST_PATH:
             problem = "the member path is reserved for the internal manifest"
         if problem is None:
-            problem = _member_path_problem(path)
+            problem = member_path_problem(path)
         if problem is not None:
             raise ValueError(_sample_problem(key, field, problem))
         seen.add(field.lower())
@@ -305,7 +306,7 @@ class _ShardUpload:
         """Append one sample's members to the archive stream."""
         for member in members:
             size = len(member.data)
-            self._write(_tar_header(member.path, size))
+            self._write(tar_header(member.path, size))
             view = memoryview(member.data)
             for offset in range(0, size, _CHUNK):
                 self._write(view[offset : offset + _CHUNK])
@@ -323,7 +324,7 @@ class _ShardUpload:
     def finish(self) -> ShardEntry:
         """End the archive, put the internal manifest in front, and complete the upload."""
         manifest = b"".join(self.lines)
-        head = _tar_header(INTERNAL_MANIFEST_PATH, len(manifest)) + manifest
+        head = tar_header(INTERNAL_MANIFEST_PATH, len(manifest)) + manifest
         head += bytes(-len(head) % _BLOCK)
         self._write(_EOF_MARKER)
         if self._gzip is not None:
@@ -458,7 +459,7 @@ class ShardWriter:
         roll = shard is not None and self._full(shard, members)
         if shard is not None and not roll and key in shard.keys:
             raise ValueError(f"sample {key!r}: key repeated within shard {shard.archive_key!r}")
-        if sum(len(m.line) for m in members) > _MAX_INTERNAL_MANIFEST:
+        if sum(len(m.line) for m in members) > MAX_INTERNAL_MANIFEST_BYTES:
             raise ValueError(f"sample {key!r}: too many fields for one internal manifest")
         try:
             if roll:
@@ -479,7 +480,7 @@ class ShardWriter:
         return (
             (self._max_entries is not None and count > self._max_entries)
             or (self._max_bytes is not None and size > self._max_bytes)
-            or lines > _MAX_INTERNAL_MANIFEST
+            or lines > MAX_INTERNAL_MANIFEST_BYTES
         )
 
     def _open_shard(self) -> _ShardUpload:

@@ -31,16 +31,12 @@ from .errors import (
 )
 from .keys import KeySpace, LiteralKey, resolve_template, split_virtual_key, virtual_key
 from .multipart import DEFAULT_PART_SIZE, MultipartWriter
+from .samples import Shard
 from .settings import redact_secrets_in_logs
-from .shard import (
-    Shard,
-    ShardMember,
-    _member_path_problem,  # the reader's own rule; public once shard.py says so
-    iter_internal_manifest,
-    iter_shard,
-    write_shard,
-)
+from .shard_format import member_path_problem as _member_path_problem
 from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter
+from .tar_reader import ShardMember, iter_internal_manifest, iter_shard
+from .tar_writer import write_shard
 from .types import (
     INTERNAL_MANIFEST_PATH,
     MANIFEST_CONTENT_TYPE,

@@ -8,7 +8,8 @@ import tarfile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3exchange.shard import _byte_sum, iter_shard
+from s3exchange.shard import iter_shard
+from s3exchange.tar_parser import _byte_sum
 
 
 @given(st.binary(min_size=512, max_size=512))

@@ -1,0 +1,372 @@
+"""The streaming shard writer: :func:`write_shard` and the tar headers it writes.
+
+Streams to any object with ``write(bytes)`` (an S3 multipart writer in production) and never
+touches the network; memory stays bounded by the chunk size, never by a member or the shard. The
+format is described in :mod:`~s3exchange.shard_format`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from .errors import ShardWriteError
+from .shard_format import (
+    BLOCK,
+    MAX_INTERNAL_MANIFEST_BYTES,
+    WRITE_CHECKSUM,
+    ZERO_BLOCK,
+    hexdigest,
+    member_path_problem,
+    new_digest,
+)
+from .types import INTERNAL_MANIFEST_PATH, Compression, FileEntry, ShardItem
+
+__all__ = ["ShardWriteResult", "item_size", "tar_header", "write_shard"]
+
+_EOF_MARKER = bytes(2 * BLOCK)
+_COALESCE_BYTES = 64 << 10
+"""Writes smaller than this are gathered so the sink sees few, larger writes."""
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+def _is_seekable(source: object) -> bool:
+    seekable = getattr(source, "seekable", None)
+    return callable(seekable) and bool(seekable())
+
+
+def item_size(item: ShardItem) -> int:
+    """The member size of ``item``, without reading its bytes (for
+    :func:`~s3exchange.samples.split_items`)."""
+    declared = item.get("size_bytes")
+    if declared is not None:
+        return declared
+    source = item["source"]
+    if isinstance(source, bytes | bytearray | memoryview):
+        return memoryview(source).nbytes
+    if isinstance(source, str | os.PathLike):
+        return os.path.getsize(source)
+    if _is_seekable(source):
+        start = source.tell()
+        end = source.seek(0, io.SEEK_END)
+        source.seek(start)
+        return end - start
+    raise ValueError(
+        f"cannot size member {item['member_path']!r}: a non-seekable stream needs size_bytes"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardWriteResult:
+    """What :func:`write_shard` wrote: the internal manifest entries and the byte counts."""
+
+    members: list[FileEntry]
+    count: int
+    members_size_bytes: int
+    archive_size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A member after the pre-pass: its manifest entry and where its bytes come from."""
+
+    item: ShardItem
+    entry: FileEntry
+    size: int
+    checksum: str | None
+    start: int | None
+    """Position a seekable file source is read from (None for other sources)."""
+
+    @property
+    def path(self) -> str:
+        return self.item["member_path"]
+
+
+class _Sink:
+    """Counts (and optionally gzips) what goes to ``out``, gathering small writes."""
+
+    def __init__(self, out: _Writable, compression: Compression, compresslevel: int) -> None:
+        self._out = out
+        self._zlib = (
+            zlib.compressobj(compresslevel, zlib.DEFLATED, 31) if compression == "gzip" else None
+        )
+        self._pending = bytearray()
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._zlib is not None:
+            data = self._zlib.compress(data)
+        if len(data) < _COALESCE_BYTES:
+            self._pending += data
+            if len(self._pending) >= _COALESCE_BYTES:
+                self._flush_pending()
+            return
+        self._flush_pending()
+        self._emit(data if isinstance(data, bytes) else data.tobytes())
+
+    def finish(self) -> None:
+        if self._zlib is not None:
+            self._pending += self._zlib.flush()
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._emit(bytes(self._pending))
+            self._pending.clear()
+
+    def _emit(self, data: bytes) -> None:
+        self._out.write(data)
+        self.written += len(data)
+
+
+def _read_source(read: Callable[[int], bytes], n: int, archive_key: str, member_path: str) -> bytes:
+    try:
+        return read(n)
+    except OSError as exc:
+        raise ShardWriteError(
+            archive_key, f"reading the source failed: {exc}", member_path
+        ) from exc
+
+
+def _hash_source(
+    read: Callable[[int], bytes], chunk_size: int, archive_key: str, member_path: str
+) -> tuple[int, str]:
+    """Size and checksum of what ``read`` yields until end of stream, one chunk at a time."""
+    hasher = new_digest(WRITE_CHECKSUM)
+    size = 0
+    while chunk := _read_source(read, chunk_size, archive_key, member_path):
+        hasher.update(chunk)
+        size += len(chunk)
+    return size, hexdigest(hasher)
+
+
+def _open_path(source: str | os.PathLike[str], archive_key: str, member_path: str) -> IO[bytes]:
+    try:
+        return open(source, "rb")
+    except OSError as exc:
+        raise ShardWriteError(archive_key, f"cannot open {source!r}: {exc}", member_path) from exc
+
+
+def _check_item(item: ShardItem, archive_key: str, seen: set[str]) -> None:
+    """Reject a member path that is unsafe, reserved or repeated, before anything is read."""
+    path = item.get("member_path")
+    if not isinstance(path, str):
+        raise ShardWriteError(archive_key, f"member_path must be a str, got {path!r}")
+    problem = member_path_problem(path)
+    if problem is None and path == INTERNAL_MANIFEST_PATH:
+        problem = "member path is reserved for the internal manifest"
+    if problem is None and path in seen:
+        problem = "duplicate member path"
+    if problem is not None:
+        raise ShardWriteError(archive_key, problem, path)
+    declared = item.get("size_bytes")
+    if declared is not None and (
+        not isinstance(declared, int) or isinstance(declared, bool) or declared < 0
+    ):
+        raise ShardWriteError(archive_key, f"invalid size_bytes {declared!r}", path)
+    seen.add(path)
+
+
+def _measure(
+    item: ShardItem, archive_key: str, chunk_size: int
+) -> tuple[int, str | None, int | None]:
+    """Pre-pass over one source: (size, checksum or None, start position of a seekable file)."""
+    source, path = item["source"], item["member_path"]
+    if isinstance(source, bytes | bytearray | memoryview):
+        view = memoryview(source).cast("B")
+        hasher = new_digest(WRITE_CHECKSUM)
+        hasher.update(view)
+        return view.nbytes, hexdigest(hasher), None
+    if isinstance(source, str | os.PathLike):
+        with _open_path(source, archive_key, path) as handle:
+            size, digest = _hash_source(handle.read, chunk_size, archive_key, path)
+        return size, digest, None
+    if not callable(getattr(source, "read", None)):
+        raise ShardWriteError(archive_key, f"unsupported source {type(source).__name__}", path)
+    if _is_seekable(source):
+        start = source.tell()
+        size, digest = _hash_source(source.read, chunk_size, archive_key, path)
+        source.seek(start)
+        return size, digest, start
+    declared = item.get("size_bytes")
+    if declared is None:
+        raise ShardWriteError(archive_key, "a non-seekable stream needs size_bytes", path)
+    return declared, None, None
+
+
+def _plan(item: ShardItem, archive_key: str, chunk_size: int) -> _Planned:
+    """Measure one item and build its internal manifest entry."""
+    path = item["member_path"]
+    size, digest, start = _measure(item, archive_key, chunk_size)
+    declared = item.get("size_bytes")
+    if declared is not None and declared != size:
+        raise ShardWriteError(
+            archive_key, f"size_bytes says {declared} but the source has {size} bytes", path
+        )
+    entry: FileEntry = {"kind": "file", "key": path, "member_path": path}
+    if item.get("id") is not None:
+        entry["id"] = item["id"]
+    if item.get("meta") is not None:
+        entry["meta"] = dict(item["meta"])
+    entry["size_bytes"] = size
+    if digest is not None:
+        entry[WRITE_CHECKSUM] = digest  # type: ignore[literal-required]
+    return _Planned(item, entry, size, digest, start)
+
+
+def _encode_manifest(plans: Sequence[_Planned], archive_key: str) -> bytes:
+    """The internal manifest as JSONL bytes; unserialisable ``meta`` names its member."""
+    lines: list[bytes] = []
+    for plan in plans:
+        try:
+            line = json.dumps(
+                plan.entry, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            )
+        except (TypeError, ValueError) as exc:
+            raise ShardWriteError(archive_key, f"entry is not JSON: {exc}", plan.path) from exc
+        lines.append(line.encode("utf-8") + b"\n")
+    data = b"".join(lines)
+    if len(data) > MAX_INTERNAL_MANIFEST_BYTES:
+        raise ShardWriteError(
+            archive_key,
+            f"internal manifest of {len(data)} bytes exceeds {MAX_INTERNAL_MANIFEST_BYTES}",
+        )
+    return data
+
+
+def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
+    """A deterministic PAX header block (plus extended header when the name or size needs one)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+def _exact_chunks(
+    read: Callable[[int], bytes], plan: _Planned, chunk_size: int, archive_key: str
+) -> Iterator[bytes]:
+    """Exactly ``plan.size`` bytes from ``read``; the source must neither end early nor run on.
+
+    When the pre-pass hashed the source, the data pass hashes it again so a file that changed in
+    between is caught here instead of by every reader later.
+    """
+    hasher = new_digest(WRITE_CHECKSUM) if plan.checksum is not None else None
+    remaining = plan.size
+    while remaining:
+        chunk = _read_source(read, min(chunk_size, remaining), archive_key, plan.path)
+        if not chunk or len(chunk) > remaining:
+            got = plan.size - remaining + len(chunk)
+            raise ShardWriteError(
+                archive_key,
+                f"source gave {'at least ' if chunk else ''}{got} bytes, expected {plan.size}",
+                plan.path,
+            )
+        if hasher is not None:
+            hasher.update(chunk)
+        remaining -= len(chunk)
+        yield chunk
+    if _read_source(read, 1, archive_key, plan.path):
+        raise ShardWriteError(archive_key, f"source has more than {plan.size} bytes", plan.path)
+    if hasher is not None and hexdigest(hasher) != plan.checksum:
+        raise ShardWriteError(archive_key, "source changed after it was hashed", plan.path)
+
+
+def _member_chunks(
+    plan: _Planned, chunk_size: int, archive_key: str
+) -> Iterator[bytes | memoryview]:
+    """The data pass over one source, in chunks of at most ``chunk_size`` bytes."""
+    source = plan.item["source"]
+    if isinstance(source, bytes) and len(source) <= chunk_size:
+        yield source  # the common small member: no slicing, no copy
+    elif isinstance(source, bytes | bytearray | memoryview):
+        view = memoryview(source).cast("B")
+        for offset in range(0, view.nbytes, chunk_size):
+            yield view[offset : offset + chunk_size]
+    elif isinstance(source, str | os.PathLike):
+        with _open_path(source, archive_key, plan.path) as handle:
+            yield from _exact_chunks(handle.read, plan, chunk_size, archive_key)
+    else:
+        if plan.start is not None:
+            source.seek(plan.start)
+        yield from _exact_chunks(source.read, plan, chunk_size, archive_key)
+
+
+def _source_mtime(source: object) -> int:
+    """A path source's modification time for its tar header (``tar tv`` showed 1970); 0 for
+    bytes and streams, which have none, so their shards stay byte-identical run to run."""
+    if isinstance(source, str | os.PathLike):
+        try:
+            return max(0, int(os.stat(source).st_mtime))
+        except OSError:
+            return 0  # the data pass opens it again and reports the error
+    return 0
+
+
+def _write_member(
+    sink: _Sink, name: str, size: int, chunks: Iterable[bytes | memoryview], mtime: int = 0
+) -> None:
+    sink.write(tar_header(name, size, mtime))
+    for chunk in chunks:
+        sink.write(chunk)
+    if size % BLOCK:
+        sink.write(ZERO_BLOCK[: BLOCK - size % BLOCK])
+
+
+def write_shard(
+    items: Sequence[ShardItem],
+    out: _Writable,
+    *,
+    archive_key: str,
+    compression: Compression = None,
+    compresslevel: int = 6,
+    chunk_size: int = 1 << 20,
+) -> ShardWriteResult:
+    """Stream a shard of ``items`` to ``out`` (which need not be seekable).
+
+    Every source is measured and hashed first, because the internal manifest that leads the
+    archive records sizes and CRC32C checksums. Bytes are hashed in place; a path is read twice; a
+    seekable file is hashed from its current position and rewound. A non-seekable stream must
+    carry ``size_bytes`` and is recorded without a checksum. Path problems, size disagreements and
+    unreadable sources raise :class:`ShardWriteError` before anything is written; a source that
+    changes during the data pass raises mid-stream, leaving ``out`` without the end-of-archive
+    marker (and, for gzip, without a trailer), so no reader accepts it.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if compression not in (None, "gzip"):
+        raise ValueError(f"unsupported compression {compression!r}")
+    if not 0 <= compresslevel <= 9:
+        raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
+    seen: set[str] = set()
+    for item in items:
+        _check_item(item, archive_key, seen)
+    plans = [_plan(item, archive_key, chunk_size) for item in items]
+    manifest = _encode_manifest(plans, archive_key)
+    # gzip framing comes from zlib (wbits=31, mtime 0) rather than gzip.GzipFile: the latter
+    # writes its trailer from __del__ if an error leaves it open, making a broken shard look whole.
+    sink = _Sink(out, compression, compresslevel)
+    _write_member(sink, INTERNAL_MANIFEST_PATH, len(manifest), [manifest])
+    for plan in plans:
+        chunks = _member_chunks(plan, chunk_size, archive_key)
+        _write_member(sink, plan.path, plan.size, chunks, _source_mtime(plan.item["source"]))
+    sink.write(_EOF_MARKER)
+    sink.finish()
+    return ShardWriteResult(
+        members=[plan.entry for plan in plans],
+        count=len(plans),
+        members_size_bytes=sum(plan.size for plan in plans),
+        archive_size_bytes=sink.written,
+    )
