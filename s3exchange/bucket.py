@@ -161,21 +161,21 @@ class Bucket:
 
     _fast: FastGetter | None
 
-    def __init__(self, client: S3Client, name: str, keyspace: KeySpace) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        name: str,
+        keyspace: KeySpace,
+        *,
+        factory: ClientFactory | None = None,
+    ) -> None:
+        """``factory`` rebuilds the client in another process (default: captured from it)."""
         self.name = name
         self.keyspace = keyspace
         self._client: S3Client | None = client
-        self._factory = ClientFactory.from_client(client)
+        self._factory = factory or ClientFactory.from_client(client)
         self._pid = os.getpid()
         self._fast_init()
-
-    @classmethod
-    def from_factory(cls, factory: ClientFactory, name: str, keyspace: KeySpace) -> Bucket:
-        bucket = cls.__new__(cls)
-        bucket.name, bucket.keyspace, bucket._factory = name, keyspace, factory
-        bucket._client, bucket._pid = None, os.getpid()
-        bucket._fast_init()
-        return bucket
 
     @property
     def client(self) -> S3Client:

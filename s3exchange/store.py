@@ -4,6 +4,7 @@ do the work (``bucket`` for requests, ``manifest`` and ``shard`` for formats, ``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -83,8 +84,9 @@ class PendingUpload:
     initiated: datetime
 
 
-def infer_id(key: str) -> str:
-    """Default ``id`` of an entry: the key's basename without its extension."""
+def id_from_key(key: str) -> str:
+    """Default ``id`` of an entry (``S3ExchangeStore(infer_id=)`` replaces it): the key's
+    basename without its extension."""
     base = posixpath.basename(key)
     stem, _, _ = base.partition(".")
     return stem or base
@@ -113,18 +115,21 @@ class S3ExchangeStore:
         read_retry: RetryPolicy | None = None,
         conditional_writes: Literal["auto", "off"] = "auto",
         reconnect_s: float = RECONNECT_SECONDS,
+        _client_factory: ClientFactory | None = None,
     ) -> None:
+        """``_client_factory`` (private, for :meth:`from_settings`) rebuilds the client in
+        another process; by default it is captured from ``s3_client``."""
         self.bucket = bucket
         self.base_prefix = KeySpace(base_prefix).base_prefix
         self.default_vars: dict[str, Any] = dict(default_vars or {})
-        self.infer_id = infer_id or globals()["infer_id"]
+        self.infer_id = infer_id or id_from_key
         self.part_size = part_size
         self.upload_concurrency = upload_concurrency
         self.verify = verify
         self.read_retry = read_retry or RetryPolicy()
         self.conditional_writes = conditional_writes
         self.reconnect_s = reconnect_s
-        self._bucket = Bucket(s3_client, bucket, KeySpace(base_prefix))
+        self._bucket = Bucket(s3_client, bucket, KeySpace(base_prefix), factory=_client_factory)
         redact_secrets_in_logs()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -143,11 +148,8 @@ class S3ExchangeStore:
             raise ValueError("no bucket: set S3EXCHANGE_BUCKET or pass bucket=")
         kwargs.setdefault("base_prefix", settings.base_prefix)
         kwargs.setdefault("reconnect_s", settings.reconnect_timeout)
-        store = cls(settings.create_client(), bucket, **kwargs)
-        store._bucket = Bucket.from_factory(
-            ClientFactory.from_settings(settings), bucket, KeySpace(store.base_prefix)
-        )
-        return store
+        factory = ClientFactory.from_settings(settings)
+        return cls(settings.create_client(), bucket, _client_factory=factory, **kwargs)
 
     @property
     def s3_client(self) -> S3Client:
@@ -159,8 +161,7 @@ class S3ExchangeStore:
 
     def scope(self, **vars: Any) -> S3ExchangeStore:
         """A store sharing this one's connection with extra default placeholder values."""
-        scoped = object.__new__(type(self))
-        scoped.__dict__.update(self.__dict__)
+        scoped = copy.copy(self)  # the same Bucket, so the same client and connections
         scoped.default_vars = {**self.default_vars, **vars}
         return scoped
 
