@@ -6,12 +6,17 @@ gets a line in ``CHANGELOG.md``.
 
 from __future__ import annotations
 
+import re
+import tomllib
 import types
+from pathlib import Path
 
 import pytest
 
 import s3exchange
 import s3exchange_torch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 S3EXCHANGE = [
     "AccessDeniedError",
@@ -98,7 +103,17 @@ def test_every_public_name_the_package_binds_is_exported(
     assert sorted(public - set(package.__all__)) == []
 
 
-def test_the_version_is_the_installed_distribution_version() -> None:
-    from importlib.metadata import version
+def test_the_version_is_written_once() -> None:
+    # pyproject.toml reads it from the package; the installed metadata follows on reinstall
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in pyproject["project"]
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "s3exchange.__version__"
+    }
+    assert re.fullmatch(r"\d+\.\d+\.\d+", s3exchange.__version__)
 
-    assert s3exchange.__version__ == version("s3exchange")
+
+def test_the_changelog_has_an_entry_for_this_version() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert f"\n## {s3exchange.__version__}\n" in changelog

@@ -7,23 +7,8 @@ working directory (see :class:`~s3exchange.S3Settings`); ``--endpoint-url``, ``-
 stats``, ``verify``, ``pack``, ``compact``, ``rm``). Progress bars (tqdm, the ``cli`` extra) go
 to stderr, only when it is a terminal. Errors are one line on stderr.
 
-Exit codes:
-
-==== =====================================================================================
-0    success
-1    ``verify`` found problems (listed on stdout)
-2    usage error, invalid settings, an unreadable local file or directory, or refused
-     (``rm`` without ``--yes`` and no terminal)
-3    not found: object, manifest or shard member
-4    invalid manifest, shard or input data (bad JSONL line, corrupt archive, checksum)
-5    access denied or missing / rejected credentials
-6    other storage error (unreachable endpoint, failed upload, failed deletes)
-7    conflict: ``pack`` found a manifest written from other files or options, or a
-     concurrent manifest update kept failing
-8    a key template names a ``{placeholder}`` that no ``--var NAME=VALUE`` fills
-130  interrupted (Ctrl-C)
-141  stdout closed early (e.g. piped into ``head``)
-==== =====================================================================================
+Exit codes: :data:`~s3exchange.cli._common.EXIT_MEANINGS`, the one table, which ``--help``
+prints and the README repeats (a test holds them equal).
 """
 
 from __future__ import annotations
@@ -52,6 +37,7 @@ from ..store import STALE_UPLOAD_SECONDS
 from ._common import (
     CliError,
     ExitCode,
+    exit_code_table,
     parse_duration,
     parse_size,
     parse_var,
@@ -63,15 +49,8 @@ from ._write import cmd_compact, cmd_gc, cmd_pack, cmd_rm
 
 __all__ = ["ExitCode", "build_parser", "main"]
 
-EPILOG = """\
-exit codes:
-  0  success                          5  access denied / bad or missing credentials
-  1  verify found problems            6  other storage error (endpoint, upload, delete)
-  2  usage, unreadable file, refused  7  conflict (pack: source or options changed)
-  3  not found                      130  interrupted
-  4  invalid manifest/shard/data    141  stdout closed early
-  8  missing {placeholder} in a key (pass --var NAME=VALUE)
-
+EPILOG = f"""\
+{exit_code_table()}
 settings: S3EXCHANGE_ENDPOINT_URL, S3EXCHANGE_BUCKET, S3EXCHANGE_BASE_PREFIX, S3EXCHANGE_REGION,
 S3EXCHANGE_AWS_ACCESS_KEY_ID, S3EXCHANGE_AWS_SECRET_ACCESS_KEY (or the AWS credential chain),
 from the environment or a .env file; the flags override them.

@@ -17,7 +17,7 @@ CHUNK = 1 << 20
 
 
 class ExitCode(enum.IntEnum):
-    """The process exit status; documented in the package docstring and ``--help``."""
+    """The process exit status; what each means is :data:`EXIT_MEANINGS`."""
 
     OK = 0
     PROBLEMS = 1
@@ -30,6 +30,44 @@ class ExitCode(enum.IntEnum):
     PLACEHOLDER = 8
     INTERRUPTED = 130
     BROKEN_PIPE = 141
+
+
+EXIT_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.PROBLEMS: "`verify` found problems (listed on stdout)",
+    ExitCode.USAGE: "usage error, invalid settings (an endpoint URL without a scheme or with a "
+    "path, a bad key template, an `s3://` bucket other than `--bucket`), an unreadable local "
+    "file or directory (one line naming it), or refused (`rm` without `--yes` and no terminal, "
+    "or declined)",
+    ExitCode.NOT_FOUND: "not found: object, manifest, shard member or bucket (named with the "
+    "endpoint)",
+    ExitCode.INVALID: "invalid manifest, shard or input data (bad JSONL line, corrupt archive, "
+    "checksum)",
+    ExitCode.DENIED: "access denied (on any request, an upload's included), or missing / "
+    "rejected credentials",
+    ExitCode.STORAGE: "other storage error (unreachable endpoint, failed upload, failed deletes)",
+    ExitCode.CONFLICT: "conflict: `pack` found a manifest written from other files or options, "
+    "or a concurrent manifest update kept failing",
+    ExitCode.PLACEHOLDER: "a key template names a `{placeholder}` that no `--var NAME=VALUE` fills",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); an interrupted `pack` finishes when the same "
+    "command runs again",
+    ExitCode.BROKEN_PIPE: "stdout closed early (e.g. piped into `head`)",
+}
+"""The one table of exit codes: ``--help`` prints it and the README's table must equal it
+(``tests/test_exit_codes.py``). Written in Markdown; :func:`exit_code_table` drops the
+backticks."""
+
+
+def exit_code_table(width: int = 79) -> str:
+    """:data:`EXIT_MEANINGS` as ``--help`` prints it: one code a row, meanings wrapped."""
+    import textwrap
+
+    rows = ["exit codes:"]
+    for code, meaning in EXIT_MEANINGS.items():
+        lines = textwrap.wrap(meaning.replace("`", ""), width - 7)
+        rows.append(f"  {code.value:>3}  {lines[0]}")
+        rows.extend(f"       {line}" for line in lines[1:])
+    return "\n".join(rows) + "\n"
 
 
 class CliError(Exception):

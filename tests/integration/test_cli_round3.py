@@ -372,4 +372,4 @@ def test_pack_help_shows_the_defaults(cli: Cli) -> None:
         "(default: skipped, like .DS_Store)",
     ):
         assert default in text
-    assert "8 missing {placeholder} in a key (pass --var NAME=VALUE)" in text
+    assert "8 a key template names a {placeholder} that no --var NAME=VALUE fills" in text
