@@ -22,7 +22,6 @@ consumer when it reaches that job.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections import deque
@@ -51,8 +50,6 @@ __all__ = [
     "Wanted",
     "plan_jobs",
 ]
-
-log = logging.getLogger(__name__)
 
 CHUNK_SAMPLES = 64
 """Most samples a shard thread hands over at once."""
