@@ -51,9 +51,13 @@ def moto_server() -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def s3_server(moto_server: RunningServer) -> RunningServer:
-    """The server behind ``s3_client``/``store``: moto, unless a module overrides it."""
-    return moto_server
+def s3_server(request: pytest.FixtureRequest) -> RunningServer:
+    """The server behind ``s3_client``/``store``: moto, or moto and SeaweedFS in turn where a
+    module parametrises it (``indirect=True``) with ``"moto"`` and ``"seaweedfs"``: moto is an
+    emulator, SeaweedFS a production object store with its own multipart, range,
+    conditional-write and listing code."""
+    server: RunningServer = request.getfixturevalue(f"{getattr(request, 'param', 'moto')}_server")
+    return server
 
 
 @pytest.fixture

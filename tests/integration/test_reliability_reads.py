@@ -17,6 +17,10 @@ from s3exchange import (
 )
 from s3exchange.testing.proxy import Fault, FaultProxy
 
+pytestmark = pytest.mark.parametrize(
+    "s3_server", ["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)], indirect=True
+)
+
 MiB = 1024 * 1024
 
 

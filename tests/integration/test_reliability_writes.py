@@ -18,6 +18,10 @@ from s3exchange import (
 )
 from s3exchange.multipart import MIN_PART_SIZE
 
+pytestmark = pytest.mark.parametrize(
+    "s3_server", ["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)], indirect=True
+)
+
 
 class ExplodingSource(io.RawIOBase):
     """A seekable source of ``size`` bytes whose data pass fails after ``fail_at`` bytes."""

@@ -1,4 +1,4 @@
-"""Every snippet of the seed README, run as written against moto's server over HTTP."""
+"""Every snippet of the seed README, run as written against moto and SeaweedFS over HTTP."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ from s3exchange import (
     ShardEntry,
     ShardItem,
     ShardReadError,
+)
+
+pytestmark = pytest.mark.parametrize(
+    "s3_server", ["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)], indirect=True
 )
 
 P = "training/123/samples"
