@@ -595,7 +595,7 @@ class S3ExchangeStore:
     ) -> Shard:
         """Stream a tar (or tar.gz) of ``shard_items`` straight into a multipart upload.
 
-        The internal manifest (``__manifest__.jsonl``: id, meta, size and sha256 per member) is
+        The internal manifest (``__manifest__.jsonl``: id, meta, size and crc32c per member) is
         the first member. Nothing touches local disk; memory is bounded by the part size. Any
         error aborts the upload, so no partial archive is left behind.
         """
