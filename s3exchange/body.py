@@ -1,14 +1,17 @@
-"""A readable object body that survives mid-stream failures.
+"""Readable object bodies: resumable after mid-stream failures, checked against a manifest.
 
 botocore retries a request only until its response headers arrive; a reset, a truncated body or
 a read timeout while the body streams is raised to the caller. :class:`ObjectStream` re-issues the
 GET from the byte where it broke (``Range: bytes=N-``) pinned to the first response's ETag
-(``IfMatch``), so a resumed read never mixes two versions of an object.
+(``IfMatch``), so a resumed read never mixes two versions of an object. :class:`CheckedStream`
+compares what was read with the size and sha256 a manifest records; :func:`inner_stream` serves
+a body read from inside another stream (a shard member inside its archive's GET).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import io
 import logging
@@ -29,7 +32,7 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from .errors import ReadInterruptedError
+from .errors import IntegrityError, ReadInterruptedError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,19 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_backoff_s, self.backoff_s * (2 ** (attempt - 1))))
 
 
-class ObjectStream(io.RawIOBase):
+class _ChunkReader:
+    """``iter_chunks`` over ``read``, for :class:`ObjectStream` and :class:`CheckedStream`."""
+
+    def read(self, size: int = -1, /) -> bytes | None:
+        raise NotImplementedError
+
+    def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the rest of the object in chunks of at most ``chunk_size`` bytes."""
+        while chunk := self.read(chunk_size):
+            yield chunk
+
+
+class ObjectStream(io.RawIOBase, _ChunkReader):
     """A streaming, resumable view of one object; also a context manager and chunk iterator.
 
     ``attempts`` counts consecutive failures without progress, so a long read through a flaky
@@ -171,11 +186,6 @@ class ObjectStream(io.RawIOBase):
         self.resumes += 1
         return failures
 
-    def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """Yield the rest of the object in chunks of at most ``chunk_size`` bytes."""
-        while chunk := self.read(chunk_size):
-            yield chunk
-
     def _close_current(self) -> None:
         if self._current is not None:
             with contextlib.suppress(*TRANSIENT_READ_ERRORS):
@@ -213,3 +223,75 @@ class _FailedBody:
 
     def close(self) -> None:
         return None
+
+
+class CheckedStream(_ChunkReader):
+    """Passes reads through, hashing them; at the end compares size and sha256 to the entry."""
+
+    def __init__(self, stream: ObjectStream, size: int | None, sha256: str | None) -> None:
+        self._stream = stream
+        self._size = size
+        self._expected = sha256
+        self._digest = hashlib.sha256() if sha256 else None
+        self._seen = 0
+        self._checked = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        if data:
+            self._seen += len(data)
+            if self._digest is not None:
+                self._digest.update(data)
+        if not data or (n < 0):
+            self._check()
+        return data
+
+    def _check(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        key = self._stream.key
+        if self._size is not None and self._seen != self._size:
+            raise IntegrityError(key, f"read {self._seen} bytes, manifest says {self._size}")
+        if self._digest is not None and self._digest.hexdigest() != self._expected:
+            raise IntegrityError(key, "sha256 does not match the manifest")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.iter_chunks()
+
+    def __enter__(self) -> CheckedStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def inner_stream(
+    key: str, read: Callable[[int], bytes], size: int | None, close: Callable[[], object]
+) -> ObjectStream:
+    """A stream over a body read from inside another stream (a shard member inside its
+    archive's GET): never re-opened on its own, as the outer stream resumes itself; closing it
+    calls ``close`` (which ends the outer stream)."""
+    return ObjectStream(key, _no_reopen, OpenedBody(_InnerBody(read, close), size, etag=None))
+
+
+class _InnerBody:
+    def __init__(self, read: Callable[[int], bytes], close: Callable[[], object]) -> None:
+        self._read = read
+        self._close = close
+
+    def read(self, amt: int | None = None) -> bytes:
+        return self._read(-1 if amt is None else amt)
+
+    def close(self) -> None:
+        self._close()
+
+
+def _no_reopen(offset: int, etag: str | None) -> OpenedBody:
+    raise AssertionError("a body read inside another stream resumes with that stream")

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import compaction, deletion, manifest, parts
-from .body import ObjectStream, OpenedBody, RetryPolicy
+from .body import CheckedStream, ObjectStream, OpenedBody, RetryPolicy, inner_stream
 from .bucket import Bucket, ClientFactory, error_code, translate
 from .errors import (
     IntegrityError,
@@ -239,9 +239,9 @@ class S3ExchangeStore:
         if member is None:
             members.close()
             raise ObjectNotFoundError(virtual_key(archive_key, member_path))
-        body = _MemberBody(member, members)
-        opened = OpenedBody(body=body, size=member.stream.size, etag=None)
-        return ObjectStream(member.entry["key"], _no_reopen, opened)
+        return inner_stream(
+            member.entry["key"], member.stream.read, member.stream.size, members.close
+        )
 
     def head_object(self, key: str, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The object's HEAD response (ContentLength, ETag, ContentType, Metadata ...)."""
@@ -490,7 +490,7 @@ class S3ExchangeStore:
         if size is not None and stream.size is not None and size != stream.size:
             stream.close()
             raise IntegrityError(key, f"size is {stream.size} bytes, manifest says {size}")
-        return cast(IO[bytes], _CheckedStream(stream, size, entry.get("sha256")))
+        return cast(IO[bytes], CheckedStream(stream, size, entry.get("sha256")))
 
     def read_file_entry(self, entry: FileEntry, *, verify: bool | None = None) -> bytes:
         """A file entry's whole object in one GET, checked as :meth:`open_file_entry` checks it.
@@ -886,73 +886,3 @@ def _copy(source: IO[bytes], writer: MultipartWriter, digest: Any, chunk: int = 
     while block := source.read(chunk):
         digest.update(block)
         writer.write(block)
-
-
-class _MemberBody:
-    """The body of a shard member opened by virtual key: reads go to the member's stream;
-    closing ends the archive's GET."""
-
-    def __init__(self, member: ShardMember, members: Generator[ShardMember, None, None]) -> None:
-        self._stream = member.stream
-        self._members = members
-
-    def read(self, amt: int | None = None) -> bytes:
-        return self._stream.read(-1 if amt is None else amt)
-
-    def close(self) -> None:
-        self._members.close()
-
-
-def _no_reopen(offset: int, etag: str | None) -> OpenedBody:
-    raise AssertionError("a shard member's body resumes inside its archive's stream")
-
-
-class _CheckedStream:
-    """Passes reads through, hashing them; at the end compares size and sha256 to the entry."""
-
-    def __init__(self, stream: ObjectStream, size: int | None, sha256: str | None) -> None:
-        self._stream = stream
-        self._size = size
-        self._expected = sha256
-        self._digest = hashlib.sha256() if sha256 else None
-        self._seen = 0
-        self._checked = False
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        if data:
-            self._seen += len(data)
-            if self._digest is not None:
-                self._digest.update(data)
-        if not data or (n < 0):
-            self._check()
-        return data
-
-    def _check(self) -> None:
-        if self._checked:
-            return
-        self._checked = True
-        key = self._stream.key
-        if self._size is not None and self._seen != self._size:
-            raise IntegrityError(key, f"read {self._seen} bytes, manifest says {self._size}")
-        if self._digest is not None and self._digest.hexdigest() != self._expected:
-            raise IntegrityError(key, "sha256 does not match the manifest")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        while chunk := self.read(chunk_size):
-            yield chunk
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self.iter_chunks()
-
-    def __enter__(self) -> _CheckedStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stream.close()
-
-    def close(self) -> None:
-        self._stream.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from urllib3.exceptions import ProtocolError
 
-from s3exchange.body import ObjectStream, OpenedBody, RetryPolicy
-from s3exchange.errors import ObjectChangedError, ReadInterruptedError
+from s3exchange.body import CheckedStream, ObjectStream, OpenedBody, RetryPolicy, inner_stream
+from s3exchange.errors import IntegrityError, ObjectChangedError, ReadInterruptedError
 
 DATA = bytes(range(256)) * 100
 FAST = RetryPolicy(max_attempts=4, backoff_s=0.0)
@@ -88,3 +90,24 @@ def test_readinto_and_context_manager() -> None:
         assert stream.readinto(buf) == 10
         assert bytes(buf) == DATA[:10]
     assert stream.closed
+
+
+def test_checked_stream_iterates_in_chunks_through_its_check() -> None:
+    checked = CheckedStream(ObjectStream("k", Server(breaks=0)), len(DATA), _sha(DATA))
+    assert b"".join(checked) == DATA
+    wrong = CheckedStream(ObjectStream("k", Server(breaks=0)), len(DATA), _sha(b"other"))
+    with pytest.raises(IntegrityError, match="sha256"):
+        b"".join(wrong.iter_chunks(1000))
+
+
+def test_inner_stream_reads_the_outer_body_and_closes_it() -> None:
+    outer = FlakyBody(DATA, None)
+    closed: list[bool] = []
+    with inner_stream("a.tar#m", outer.read, len(DATA), lambda: closed.append(True)) as stream:
+        assert stream.read(10) == DATA[:10]
+        assert stream.read() == DATA[10:]
+    assert closed == [True]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
