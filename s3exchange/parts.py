@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import random
 import time
 import uuid
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from typing import Literal
 from botocore.exceptions import ClientError
 
 from . import manifest
+from .body import RetryPolicy
 from .bucket import CONFLICT_CODES, PRECONDITION_CODES, Bucket, error_code, translate
 from .errors import ConcurrentModificationError, ObjectNotFoundError
 from .types import MANIFEST_CONTENT_TYPE
@@ -28,6 +28,8 @@ from .types import MANIFEST_CONTENT_TYPE
 log = logging.getLogger(__name__)
 
 MAX_ROOT_ATTEMPTS = 50
+_ROOT_RETRY = RetryPolicy(max_attempts=MAX_ROOT_ATTEMPTS, backoff_s=0.04, max_backoff_s=1.0)
+"""Pause after a lost race for the root: full jitter, 40 ms doubling up to 1 s."""
 _PROBED: dict[tuple[str | None, str], bool] = {}
 
 
@@ -70,7 +72,7 @@ def append_part(
             if error_code(exc) not in PRECONDITION_CODES | CONFLICT_CODES:
                 raise translate(exc, root_key, "PutObject") from exc
             log.debug("lost the race to update %r (attempt %d)", root_key, attempt)
-            time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
+            time.sleep(_ROOT_RETRY.delay(attempt))
     raise ConcurrentModificationError(
         root_key, f"root manifest still contended after {MAX_ROOT_ATTEMPTS} attempts"
     )
