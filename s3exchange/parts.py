@@ -31,6 +31,8 @@ MAX_ROOT_ATTEMPTS = 50
 _ROOT_RETRY = RetryPolicy(max_attempts=MAX_ROOT_ATTEMPTS, backoff_s=0.04, max_backoff_s=1.0)
 """Pause after a lost race for the root: full jitter, 40 ms doubling up to 1 s."""
 _PROBED: dict[tuple[str | None, str], bool] = {}
+"""Whether each (endpoint, bucket) honours conditional writes: probed once per process, until
+:func:`reset_probes`."""
 
 
 def part_key(root_key: str) -> str:
@@ -111,6 +113,12 @@ def require_conditional_writes(bucket: Bucket, near_key: str) -> None:
             "concurrent append_parts writers could lose parts; build the store with "
             "conditional_writes='off' if only one writer appends at a time",
         )
+
+
+def reset_probes() -> None:
+    """Forget which servers were probed, so the next ``append_parts`` probes again (a server
+    upgraded in place; a test that changes how its server answers conditional writes)."""
+    _PROBED.clear()
 
 
 def _probe(bucket: Bucket, near_key: str) -> bool:

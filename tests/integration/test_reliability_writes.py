@@ -194,7 +194,7 @@ def test_server_ignoring_conditional_writes_is_refused(
         params.pop("IfNoneMatch", None)
         params.pop("IfMatch", None)
 
-    parts._PROBED.clear()
+    parts.reset_probes()
     s3_client.meta.events.register("provide-client-params.s3.PutObject", strip_conditions)
     try:
         with pytest.raises(ConcurrentModificationError, match="ignores conditional writes"):
@@ -203,7 +203,7 @@ def test_server_ignoring_conditional_writes_is_refused(
         single_writer.write_manifest("m.jsonl", [{"kind": "file", "key": "a"}], mode="append_parts")
     finally:
         s3_client.meta.events.unregister("provide-client-params.s3.PutObject", strip_conditions)
-        parts._PROBED.clear()
+        parts.reset_probes()
     assert [e["kind"] for e in store.iter_manifest_entries("m.jsonl", resolve_refs=False)] == [
         "manifest_ref"
     ]
