@@ -20,7 +20,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol
 
 from botocore.exceptions import (
@@ -197,15 +196,9 @@ class ObjectStream(io.RawIOBase, _ChunkReader):
         super().close()
 
     def __enter__(self) -> ObjectStream:
+        # io.IOBase's __enter__ refuses a closed stream (ValueError); this one never has, so it
+        # stays. Its __exit__ (close()) is the one io.IOBase provides.
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _FailedBody:
