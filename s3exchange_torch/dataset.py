@@ -73,7 +73,7 @@ from s3exchange import InvalidManifestError, LiteralKey, S3ExchangeStore
 from s3exchange.packing import UNFINISHED_HINT, unfinished_pack
 from s3exchange.types import ManifestEntry
 
-from .plan import Balance, EpochPlan, Segment, rank_size
+from .plan import Balance, EpochPlan, Segment, check_balance, rank_size
 from .prefetch import MAX_SAMPLE_BYTES, Item, Prefetcher, SampleTooLargeError, plan_jobs
 from .shuffle import ResumePoint, buffer_rng, replay, shuffled
 from .units import GroupBy, Unit, resolve_units
@@ -226,8 +226,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         super().__init__()
         if max_sample_bytes < 1:
             raise ValueError(f"max_sample_bytes must be >= 1, got {max_sample_bytes}")
-        if balance not in (None, "pad", "drop"):
-            raise ValueError(f"balance must be None, 'pad' or 'drop', got {balance!r}")
+        check_balance(balance)
         if group_by not in (None, "key"):
             raise ValueError(f"group_by must be None or 'key', got {group_by!r}")
         if (io_threads is not None and io_threads < 1) or prefetch_shards < 0 or shuffle_buffer < 0:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Literal, TypeAlias
 
-__all__ = ["Balance", "EpochPlan", "Segment", "plan_worker", "rank_size"]
+__all__ = ["Balance", "EpochPlan", "Segment", "check_balance", "plan_worker", "rank_size"]
 
 Balance: TypeAlias = Literal["pad", "drop"] | None
 """How ranks are evened out: ``None`` (exact split), ``"pad"`` (repeat) or ``"drop"`` (truncate)."""
@@ -50,7 +50,8 @@ class Segment:
         return self.stop - self.start
 
 
-def _check_balance(balance: object) -> None:
+def check_balance(balance: object) -> None:
+    """Refuse (ValueError) anything but a :data:`Balance`; the one place this is checked."""
     if balance not in _BALANCES:
         raise ValueError(f"balance must be None, 'pad' or 'drop', got {balance!r}")
 
@@ -81,7 +82,7 @@ def rank_size(num_samples: int, world_size: int, rank: int, balance: Balance = N
     """Samples rank ``rank`` reads per epoch out of ``num_samples`` (for ``len(dataset)``)."""
     _check_positive("world_size", world_size)
     _check_index("rank", rank, world_size, "world_size")
-    _check_balance(balance)
+    check_balance(balance)
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     start, stop = _rank_bounds(num_samples, world_size, rank, balance)
@@ -114,7 +115,7 @@ class EpochPlan:
         balance: Balance = None,
     ) -> None:
         _check_positive("world_size", world_size)
-        _check_balance(balance)
+        check_balance(balance)
         try:
             sizes = array("q", counts)  # compact for millions of units
         except TypeError as exc:
