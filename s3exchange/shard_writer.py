@@ -60,12 +60,24 @@ if TYPE_CHECKING:
 
     from .store import S3ExchangeStore
 
-__all__ = ["DEFAULT_MAX_BYTES", "ShardWriter", "crc32_combine"]
+__all__ = ["DEFAULT_MAX_BYTES", "ShardWriter", "crc32_combine", "shard_compression"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 256 << 20
 """Member bytes per shard unless told otherwise: ``pack``'s default too."""
+
+
+def shard_compression(compression: Compression | Literal["none"]) -> Compression:
+    """A shard's codec as given to a writer (``"none"`` means None); ValueError for any other
+    than None or ``"gzip"``. The one check for :class:`ShardWriter` and ``put_shard_archive``."""
+    if compression == "none":
+        return None
+    if compression not in (None, "gzip"):
+        raise ValueError(f"unsupported compression {compression!r}: None or 'gzip'")
+    return compression
+
+
 HEAD_SIZE = MIN_PART_SIZE
 """Archive bytes held back per shard for part 1: S3's minimum for a part that is not the last."""
 _CHUNK = 1 << 20
@@ -391,10 +403,7 @@ class ShardWriter:
         for name, limit in (("max_entries", max_entries), ("max_bytes", max_bytes)):
             if limit is not None and limit <= 0:
                 raise ValueError(f"{name} must be positive, got {limit}")
-        if compression == "none":
-            compression = None
-        if compression not in (None, "gzip"):
-            raise ValueError(f"unsupported compression {compression!r}: None or 'gzip'")
+        compression = shard_compression(compression)
         if update_mode not in ("overwrite", "append_parts"):
             raise ValueError(
                 f"update_mode must be 'overwrite' or 'append_parts', not {update_mode!r}"

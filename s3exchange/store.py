@@ -35,7 +35,7 @@ from .multipart import DEFAULT_PART_SIZE, MultipartWriter
 from .samples import Shard
 from .settings import redact_secrets_in_logs
 from .shard_format import member_path_problem as _member_path_problem
-from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter
+from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter, shard_compression
 from .tar_reader import ShardMember, iter_internal_manifest, iter_shard
 from .tar_writer import write_shard
 from .types import (
@@ -601,10 +601,7 @@ class S3ExchangeStore:
         """
         if format != "tar":
             raise ValueError(f"unsupported shard format {format!r}: only 'tar'")
-        if compression == "none":
-            compression = None
-        if compression not in (None, "gzip"):
-            raise ValueError(f"unsupported compression {compression!r}: None or 'gzip'")
+        compression = shard_compression(compression)
         resolved = self.resolve(archive_key, vars)
         items = list(shard_items)
         if not items:
