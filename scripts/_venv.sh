@@ -18,10 +18,10 @@ fi
 
 # _install_stamp check|write EXTRAS: a stamp in the venv records an install of this checkout
 # with EXTRAS from this pyproject.toml (its hash); "check" also wants pip's recorded version to
-# be pyproject's, so an uninstall or another version is reinstalled.
+# be the package's __version__, so an uninstall or a version bump is reinstalled.
 _install_stamp() {
     "$VENV/bin/python" - "$1" "$ROOT" "$2" "$VENV/.s3exchange-install-${2//,/-}" <<'PY'
-import hashlib, importlib.metadata, pathlib, sys, tomllib
+import hashlib, importlib.metadata, pathlib, re, sys
 mode, root, extras, stamp = sys.argv[1:]
 pyproject = pathlib.Path(root, "pyproject.toml").read_bytes()
 want = f"{hashlib.sha256(pyproject).hexdigest()} {extras} {root}\n"
@@ -33,8 +33,10 @@ try:
     installed = importlib.metadata.version("s3exchange")
 except importlib.metadata.PackageNotFoundError:
     sys.exit(1)
-version = tomllib.loads(pyproject.decode())["project"]["version"]
-sys.exit(not (path.is_file() and path.read_text() == want and installed == version))
+# the version is written once, in the package (pyproject reads it dynamically)
+init = pathlib.Path(root, "s3exchange", "__init__.py").read_text()
+version = re.search(r'^__version__ = "([^"]+)"', init, re.M)
+sys.exit(not (path.is_file() and path.read_text() == want and version and installed == version[1]))
 PY
 }
 
