@@ -27,10 +27,10 @@ import json
 import math
 import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 from .errors import InvalidManifestError, ManifestNotFoundError, S3ExchangeError
-from .types import ManifestEntry
+from .types import ManifestEntry, Readable
 
 __all__ = [
     "ENTRY_KINDS",
@@ -69,10 +69,6 @@ _MAX_DEPTH: Final = 512
 _WS: Final = " \t\r\n"
 _BOM: Final = "\ufeff"
 _BOM_BYTES: Final = b"\xef\xbb\xbf"
-
-
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
 
 
 class _NonFiniteNumberError(ValueError):
@@ -261,7 +257,7 @@ def iter_entries(lines: Iterable[bytes | str], *, key: str | None) -> Iterator[M
 
 
 def _stream_lines(
-    stream: _Readable, key: str | None, chunk_size: int, max_line_bytes: int
+    stream: Readable, key: str | None, chunk_size: int, max_line_bytes: int
 ) -> Iterator[bytes]:
     """Split ``stream`` into lines (without ``"\\n"``), holding at most one chunk + one line."""
     pending: list[bytes] = []  # pieces of the line that has not ended yet
@@ -297,7 +293,7 @@ def _stream_lines(
 
 
 def iter_entries_from_stream(
-    stream: _Readable,
+    stream: Readable,
     *,
     key: str | None,
     chunk_size: int = 1 << 20,

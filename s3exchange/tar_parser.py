@@ -15,13 +15,12 @@ import tarfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from .errors import ShardReadError
 from .shard_format import BLOCK, ZERO_BLOCK, member_path_problem
-from .types import Compression
+from .types import Compression, Readable
 
-__all__ = ["Header", "Readable", "TarReader", "open_tar"]
+__all__ = ["Header", "TarReader", "open_tar"]
 
 _MAX_EXTENDED_HEADER = 1 << 20
 """Cap on a PAX / GNU long-name header, so a hostile header cannot exhaust memory."""
@@ -40,10 +39,6 @@ _TYPE_NAMES = {
     tarfile.FIFOTYPE: "FIFO",
 }
 _EMPTY_VIEW = memoryview(b"")
-
-
-class Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
 
 
 class _GzipChunks:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 from .errors import ShardReadError
 from .keys import virtual_key
 from .shard_format import CHECKSUM_FIELDS, MAX_INTERNAL_MANIFEST_BYTES, hexdigest, new_digest
-from .tar_parser import Header, Readable, TarReader, open_tar
-from .types import INTERNAL_MANIFEST_PATH, Compression, FileEntry
+from .tar_parser import Header, TarReader, open_tar
+from .types import INTERNAL_MANIFEST_PATH, Compression, FileEntry, Readable
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

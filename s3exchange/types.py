@@ -7,7 +7,14 @@ round-trip to JSONL unchanged; unknown fields a producer adds are preserved.
 from __future__ import annotations
 
 import os
-from typing import IO, Any, Literal, NotRequired, Required, TypeAlias, TypedDict
+from typing import IO, Any, Literal, NotRequired, Protocol, Required, TypeAlias, TypedDict
+
+
+class Readable(Protocol):
+    """What the manifest and tar parsers read from: a GET body, a file, a stream."""
+
+    def read(self, size: int, /) -> bytes: ...
+
 
 Compression: TypeAlias = Literal["gzip"] | None
 """Shard compression: ``None`` for a plain ``.tar``, ``"gzip"`` for ``.tar.gz``."""
