@@ -32,8 +32,8 @@ worker, and resuming from it continues the interrupted sequence exactly.
 Workers persist across epochs (a new epoch is one message per worker); an iteration abandoned
 mid-epoch, an error or ``Ctrl-C`` stops them, and the next ``iter()`` starts new ones. A worker
 that dies (``SIGKILL``, out of memory) ends the epoch with :class:`LoaderWorkerError` within
-``poll`` seconds. Rings are unlinked from ``/dev/shm`` when created (torch's file-descriptor
-sharing), so nothing is left there whatever happens to the processes.
+``poll`` seconds. Rings are nameless shared memory (``memfd_create``), so nothing is left in
+``/dev/shm`` whatever happens to the processes.
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ import contextlib
 import ctypes
 import io
 import logging
+import mmap
 import multiprocessing.connection as mpc
 import os
 import pickle
 import random
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -55,6 +57,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.reduction import DupFd
 from typing import Any
 
 import numpy as np
@@ -91,36 +94,54 @@ class LoaderWorkerError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def _new_ring(capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ring of ``capacity`` bytes and its two-counter header, both in shared memory."""
-    capacity = -(-capacity // 4096) * 4096
-    # Allocated in shared memory directly: share_memory_() would copy (and fault in) the whole
-    # ring, ~25 ms per 40 MiB ring before the first batch.
-    storage = torch.UntypedStorage._new_shared(capacity)  # type: ignore[no-untyped-call]
-    data = torch.empty(0, dtype=torch.uint8).set_(storage)
-    header = torch.zeros(2, dtype=torch.int64)
-    header.share_memory_()  # type: ignore[no-untyped-call]
-    return data, header
+_HEAD = 4096
+"""Bytes before a ring's data: its two counters, then padding so the data is page-aligned
+(``cudaHostRegister`` wants whole pages)."""
 
 
-class _Prepared:
-    """A ring allocated on a thread of its own (the allocation releases the GIL and faults
-    in every page, ~0.35 ms per MiB here: 14 ms for a 40 MiB ring, off the first batch's
-    critical path this way)."""
+class _SharedRing:
+    """A ring's memory: a counter page plus ``capacity`` bytes, shared through a file
+    descriptor that has no name.
 
-    def __init__(self, capacity: int) -> None:
-        self._ring: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._thread = threading.Thread(target=self._allocate, args=(capacity,), daemon=True)
-        self._thread.start()
+    ``memfd_create`` (elsewhere an unlinked temporary file) rather than torch's shared storage:
+    torch keeps a named ``/dev/shm`` file until its allocation ends, faulting in every page
+    first (~0.35 ms per MiB here), and a worker killed in that window left a 16-39 MiB
+    ``torch_*`` file behind for good. A nameless descriptor goes away with the last process
+    that maps it, whatever kills them; its pages are allocated as the ring is first written.
+    It crosses to the main process as a duplicated descriptor (``DupFd``), once per ring.
+    """
 
-    def _allocate(self, capacity: int) -> None:
-        self._ring = _new_ring(capacity)
+    def __init__(self, capacity: int, fd: int | None = None) -> None:
+        if fd is None:
+            fd = _anonymous_fd(_HEAD + capacity)
+        self.capacity = capacity
+        self._fd = fd
+        self._map = mmap.mmap(fd, _HEAD + capacity)  # duplicates fd: ours may close
+        weakref.finalize(self, os.close, fd)
+        self.header: np.ndarray[Any, Any] = np.frombuffer(self._map, np.int64, 2)
+        self.data = torch.frombuffer(self._map, dtype=torch.uint8, offset=_HEAD)
 
-    def take(self, need: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The ring, when it was allocated and holds ``need`` bytes."""
-        self._thread.join()
-        ring, self._ring = self._ring, None
-        return ring if ring is not None and ring[0].numel() >= need else None
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _attach_ring, (DupFd(self._fd), self.capacity)
+
+
+def _attach_ring(fd: Any, capacity: int) -> _SharedRing:
+    return _SharedRing(capacity, fd.detach())
+
+
+def _anonymous_fd(size: int) -> int:
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("s3exchange-ring", os.MFD_CLOEXEC)
+    else:  # no memfd: a temporary file unlinked as it is made
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _new_ring(capacity: int) -> _SharedRing:
+    """A ring of at least ``capacity`` bytes (whole pages), its counters at zero."""
+    return _SharedRing(-(-capacity // 4096) * 4096)
 
 
 class _Restart(Exception):
@@ -139,16 +160,16 @@ class _Full(Exception):
 class _Writer:
     """Allocates batch regions in a worker's ring, waiting for the main process to free room."""
 
-    def __init__(self, data: torch.Tensor, header: torch.Tensor, parent: int) -> None:
-        self.data = data
-        self.header = header.numpy()
-        self.capacity = data.numel()  # 0 until the first batch sizes the ring
-        self.base = data.data_ptr()
+    def __init__(self, ring: _SharedRing | None, parent: int) -> None:
+        self.ring = ring  # None until the first batch sizes one
+        self.data = ring.data if ring is not None else torch.empty(0, dtype=torch.uint8)
+        self.header = ring.header if ring is not None else np.zeros(2, np.int64)
+        self.capacity = self.data.numel()
+        self.base = self.data.data_ptr()
         self.head = 0  # end of the last region written (absolute position)
         self.start = 0  # start of the region of the batch being written
         self.written = 0  # end of the regions of the batches already sent
         self.sent = 0
-        self.prepared: _Prepared | None = None
         self._parent = parent
 
     def begin(self) -> None:
@@ -355,11 +376,8 @@ def _worker_loop(args: _WorkerArgs) -> None:
             seed=args.seed + args.worker_id,
             dataset=args.dataset,
         )
-    # No ring yet: the first batch creates one (in the worker, while its prefetch threads keep
-    # downloading), so starting the workers allocates nothing.
-    empty = torch.empty(0, dtype=torch.uint8)
-    writer = _Writer(empty, torch.zeros(2, dtype=torch.int64), args.parent)
-    writer.prepared = _Prepared(args.ring_bytes)
+    # No ring yet: the first batch sizes one and sends it with itself.
+    writer = _Writer(None, args.parent)
     results = args.results
     try:
         while True:
@@ -429,14 +447,9 @@ def _send_batch(
             log.info(
                 "batch of %d bytes: loader worker %d grows its ring", full.need, args.worker_id
             )
-            prepared, writer.prepared = writer.prepared, None
-            ring = prepared.take(full.need) if prepared is not None else None
-            if ring is None:
-                ring = _new_ring(max(2 * writer.capacity, 2 * full.need, args.ring_bytes))
-            data, header = ring
-            args.results.send(("ring", data, header))
-            writer = _Writer(data, header, args.parent)
-            writer.sent = 0
+            ring = _new_ring(max(2 * writer.capacity, 2 * full.need, args.ring_bytes))
+            args.results.send(("ring", ring))
+            writer = _Writer(ring, args.parent)
             writer.begin()
             continue
         writer.commit()
@@ -453,16 +466,15 @@ def _send_batch(
 class _Ring:
     """The main process's view of one worker's ring, and the regions it has handed out."""
 
-    data: torch.Tensor
-    header: np.ndarray[Any, Any]
-    array: np.ndarray[Any, Any]
-    capacity: int
+    shared: _SharedRing
     pending: deque[list[Any]] = field(default_factory=deque)
     pinned: bool = False
 
-    @classmethod
-    def of(cls, data: torch.Tensor, header: torch.Tensor) -> _Ring:
-        return cls(data, header.numpy(), data.numpy(), data.numel())
+    def __post_init__(self) -> None:
+        self.data = self.shared.data
+        self.header = self.shared.header
+        self.array: np.ndarray[Any, Any] = self.data.numpy()
+        self.capacity = self.shared.capacity
 
     def region(self, start: int, end: int) -> tuple[np.ndarray[Any, Any], list[Any]]:
         """The ring bytes of ``[start, end)`` as a numpy view, and its release record."""
@@ -845,8 +857,7 @@ class _Iteration:
                 if not message:
                     raise self._died(index)
                 if message[0] == "ring":
-                    _, data, header = message
-                    ring = _Ring.of(data, header)
+                    ring = _Ring(message[1])
                     loader._pin(ring)
                     if worker.ring is not None:
                         self._retired.append(worker.ring)

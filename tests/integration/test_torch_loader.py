@@ -294,6 +294,7 @@ def test_a_missing_object_is_a_domain_error_naming_the_key(corpus: Corpus) -> No
 
 
 def test_a_killed_worker_ends_the_epoch_with_a_clear_error(corpus: Corpus) -> None:
+    before = shm_names()
     slow = make(corpus, transform=_slower)  # ~3 s per worker: still running when killed
     loader = S3ExchangeLoader(slow, batch_size=2, num_workers=2, poll=0.2)
     iterator = iter(loader)
@@ -307,6 +308,7 @@ def test_a_killed_worker_ends_the_epoch_with_a_clear_error(corpus: Corpus) -> No
             pass
     assert time.monotonic() - started < 10
     assert loader._workers == []
+    assert shm_names() <= before  # rings have no name there, however a worker ends
 
 
 def _slow(data: bytes, entry: Any) -> bytes:
