@@ -42,14 +42,12 @@ import contextlib
 import ctypes
 import io
 import logging
-import mmap
 import multiprocessing.connection as mpc
 import os
 import pickle
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -57,15 +55,15 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.reduction import DupFd
 from typing import Any
 
 import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
-from .collate import PackedBatch
+from .collate import PackedBatch, byte_offsets, copy_packed
 from .dataset import S3ExchangeIterableDataset
+from .shm import SharedBytes
 
 __all__ = ["LOADER_STATE_VERSION", "LoaderWorkerError", "S3ExchangeLoader"]
 
@@ -99,49 +97,16 @@ _HEAD = 4096
 (``cudaHostRegister`` wants whole pages)."""
 
 
-class _SharedRing:
-    """A ring's memory: a counter page plus ``capacity`` bytes, shared through a file
-    descriptor that has no name.
-
-    ``memfd_create`` (elsewhere an unlinked temporary file) rather than torch's shared storage:
-    torch keeps a named ``/dev/shm`` file until its allocation ends, faulting in every page
-    first (~0.35 ms per MiB here), and a worker killed in that window left a 16-39 MiB
-    ``torch_*`` file behind for good. A nameless descriptor goes away with the last process
-    that maps it, whatever kills them; its pages are allocated as the ring is first written.
-    It crosses to the main process as a duplicated descriptor (``DupFd``), once per ring.
-    """
-
-    def __init__(self, capacity: int, fd: int | None = None) -> None:
-        if fd is None:
-            fd = _anonymous_fd(_HEAD + capacity)
-        self.capacity = capacity
-        self._fd = fd
-        self._map = mmap.mmap(fd, _HEAD + capacity)  # duplicates fd: ours may close
-        weakref.finalize(self, os.close, fd)
-        self.header: np.ndarray[Any, Any] = np.frombuffer(self._map, np.int64, 2)
-        self.data = torch.frombuffer(self._map, dtype=torch.uint8, offset=_HEAD)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _attach_ring, (DupFd(self._fd), self.capacity)
+def _new_ring(capacity: int) -> SharedBytes:
+    """A ring of at least ``capacity`` bytes (whole pages) after its counter page, counters at
+    zero. Nameless shared memory (:mod:`s3exchange_torch.shm`): a worker killed while making
+    one leaves nothing in ``/dev/shm``."""
+    return SharedBytes(_HEAD + -(-capacity // 4096) * 4096)
 
 
-def _attach_ring(fd: Any, capacity: int) -> _SharedRing:
-    return _SharedRing(capacity, fd.detach())
-
-
-def _anonymous_fd(size: int) -> int:
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("s3exchange-ring", os.MFD_CLOEXEC)
-    else:  # no memfd: a temporary file unlinked as it is made
-        with tempfile.TemporaryFile() as file:
-            fd = os.dup(file.fileno())
-    os.ftruncate(fd, size)
-    return fd
-
-
-def _new_ring(capacity: int) -> _SharedRing:
-    """A ring of at least ``capacity`` bytes (whole pages), its counters at zero."""
-    return _SharedRing(-(-capacity // 4096) * 4096)
+def _ring_views(ring: SharedBytes) -> tuple[torch.Tensor, np.ndarray[Any, Any]]:
+    """The ring's data (page-aligned) and its two counters."""
+    return ring.data[_HEAD:], ring.data[:16].numpy().view(np.int64)
 
 
 class _Restart(Exception):
@@ -160,10 +125,12 @@ class _Full(Exception):
 class _Writer:
     """Allocates batch regions in a worker's ring, waiting for the main process to free room."""
 
-    def __init__(self, ring: _SharedRing | None, parent: int) -> None:
+    def __init__(self, ring: SharedBytes | None, parent: int) -> None:
         self.ring = ring  # None until the first batch sizes one
-        self.data = ring.data if ring is not None else torch.empty(0, dtype=torch.uint8)
-        self.header = ring.header if ring is not None else np.zeros(2, np.int64)
+        if ring is None:
+            self.data, self.header = torch.empty(0, dtype=torch.uint8), np.zeros(2, np.int64)
+        else:
+            self.data, self.header = _ring_views(ring)
         self.capacity = self.data.numel()
         self.base = self.data.data_ptr()
         self.head = 0  # end of the last region written (absolute position)
@@ -241,17 +208,9 @@ def _plain_alloc(nbytes: int) -> torch.Tensor:
 
 
 def _pack(datas: Sequence[Any], extras: list[Any], alloc: Alloc) -> PackedBatch:
-    offsets = [0]
-    for data in datas:
-        offsets.append(offsets[-1] + len(data))
+    offsets = byte_offsets(datas)
     packed = alloc(offsets[-1])
-    # Slice assignment copies holding the GIL. ctypes.memmove releases and re-takes it per
-    # sample, and with the prefetch threads running that re-take cost ~78 us per 100 KiB
-    # sample (py-spy) against ~5 us for the copy itself.
-    target = packed.numpy().data if offsets[-1] else None
-    for index, data in enumerate(datas):
-        if target is not None:
-            target[offsets[index] : offsets[index + 1]] = data
+    copy_packed(datas, packed, offsets)
     return PackedBatch(packed, offsets, extras)
 
 
@@ -466,15 +425,14 @@ def _send_batch(
 class _Ring:
     """The main process's view of one worker's ring, and the regions it has handed out."""
 
-    shared: _SharedRing
+    shared: SharedBytes
     pending: deque[list[Any]] = field(default_factory=deque)
     pinned: bool = False
 
     def __post_init__(self) -> None:
-        self.data = self.shared.data
-        self.header = self.shared.header
+        self.data, self.header = _ring_views(self.shared)
         self.array: np.ndarray[Any, Any] = self.data.numpy()
-        self.capacity = self.shared.capacity
+        self.capacity = self.data.numel()
 
     def region(self, start: int, end: int) -> tuple[np.ndarray[Any, Any], list[Any]]:
         """The ring bytes of ``[start, end)`` as a numpy view, and its release record."""
