@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from torch._utils import ExceptionWrapper
 
 from s3exchange import errors, packing
 
@@ -30,12 +31,11 @@ def test_a_key_with_a_newline_is_kept_not_taken_for_a_reraised_message() -> None
 @pytest.mark.parametrize("cls", _error_classes(), ids=lambda cls: cls.__name__)
 def test_the_dataloader_reraise_keeps_type_and_text(cls: type[errors.S3ExchangeError]) -> None:
     """torch's own ExceptionWrapper, as a DataLoader uses it to carry a worker's error."""
-    torch_utils = pytest.importorskip("torch._utils")
     text = "'shards/a.tar' is corrupt"
     try:
         raise cls(message=text)
     except errors.S3ExchangeError:
-        wrapper = torch_utils.ExceptionWrapper(where="in DataLoader worker process 0")
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
     with pytest.raises(cls) as caught:
         wrapper.reraise()
     assert "in DataLoader worker process 0" in str(caught.value)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from s3exchange import S3ExchangeError, S3ExchangeStore, ShardItem
 from s3exchange.cli._verify import verify_manifest
+from s3exchange_torch import S3ExchangeIterableDataset
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -94,7 +95,6 @@ def test_mutated_shards_and_manifests_give_only_documented_errors(
     target: str,
     edits: list[tuple[int, int, int]],
 ) -> None:
-    torch_dataset = pytest.importorskip("s3exchange_torch")
     rss_before = _peak_rss()
     for key, data in originals.items():
         body = _mutate(data, edits) if key == target else data
@@ -103,9 +103,7 @@ def test_mutated_shards_and_manifests_give_only_documented_errors(
     readers = {
         "iter_objects": lambda: _drain(store.iter_objects("m.jsonl")),
         "verify": lambda: verify_manifest(store, "m.jsonl"),
-        "dataset": lambda: _drain(
-            iter(torch_dataset.S3ExchangeIterableDataset(store, "m.jsonl", shuffle=False))
-        ),
+        "dataset": lambda: _drain(iter(S3ExchangeIterableDataset(store, "m.jsonl", shuffle=False))),
     }
     for name, read in readers.items():
         try:

@@ -39,6 +39,7 @@ from s3exchange.manifest import MAX_REF_DEPTH
 from s3exchange.packing import PackConflictError, pack
 from s3exchange.store import RECONNECT_SECONDS
 from s3exchange.testing import start_seaweedfs
+from s3exchange_torch import S3ExchangeIterableDataset
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -236,9 +237,8 @@ def test_a_huge_count_or_size_is_an_invalid_manifest_line(
     with pytest.raises(InvalidManifestError, match=rf"'m\.jsonl' line 3: field '{field}'") as e:
         list(store.iter_manifest_entries("m.jsonl"))
     assert (e.value.key, e.value.line) == ("m.jsonl", 3)
-    torch_dataset = pytest.importorskip("s3exchange_torch")
     with pytest.raises(InvalidManifestError, match=rf"line 3: field '{field}'"):
-        len(torch_dataset.S3ExchangeIterableDataset(store, "m.jsonl").resolve())
+        len(S3ExchangeIterableDataset(store, "m.jsonl").resolve())
 
 
 # -- 13. no credential in botocore's DEBUG logs --------------------------------------------------
@@ -299,8 +299,7 @@ def test_a_diamond_graph_is_read_once_per_manifest_and_agrees_everywhere(
     assert [e["key"] for _, e in store.iter_objects("g/m00.jsonl")] == ["g/data.bin"]
     plan = store.plan_delete_manifest("g/m00.jsonl")
     assert (len(plan.objects), len(plan.manifests)) == (1, levels)
-    torch_dataset = pytest.importorskip("s3exchange_torch")
-    assert len(torch_dataset.S3ExchangeIterableDataset(store, "g/m00.jsonl").resolve()) == 1
+    assert len(S3ExchangeIterableDataset(store, "g/m00.jsonl").resolve()) == 1
 
 
 def _chain(store: S3ExchangeStore, levels: int) -> None:
@@ -426,8 +425,7 @@ def test_reads_ride_through_a_server_killed_and_restarted_mid_epoch(
     assert got == {**members, "loose.bin": b"L" * 1000}
     assert time.monotonic() - started < RECONNECT_SECONDS
 
-    torch_dataset = pytest.importorskip("s3exchange_torch")
-    dataset = torch_dataset.S3ExchangeIterableDataset(store, "m.jsonl", shuffle=False)
+    dataset = S3ExchangeIterableDataset(store, "m.jsonl", shuffle=False)
     seen = 0
     for seen, _ in enumerate(dataset, 1):
         if seen == 10:
