@@ -74,11 +74,12 @@ class LocalS3:
     region: str
     kind: Literal["moto", "seaweedfs"]
 
-    def client(self, **config_kwargs: Any) -> S3Client:
+    def client(self, endpoint_url: str | None = None, **config_kwargs: Any) -> S3Client:
         """A boto3 S3 client for this server; ``config_kwargs`` override the botocore Config.
 
         Path-style addressing, checksums only when required, standard retries, and no proxies
-        from the environment (requests must stay on 127.0.0.1).
+        from the environment (requests must stay on 127.0.0.1). ``endpoint_url`` points it
+        elsewhere with this server's credentials (a fault proxy in front of it).
         """
         options: dict[str, Any] = {
             "s3": {"addressing_style": "path"},
@@ -90,7 +91,7 @@ class LocalS3:
         options.update(config_kwargs)
         client: S3Client = boto3.client(
             "s3",
-            endpoint_url=self.endpoint_url,
+            endpoint_url=endpoint_url or self.endpoint_url,
             region_name=self.region,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,

@@ -52,23 +52,10 @@ def _payload(size: int, seed: int = 0) -> bytes:
 
 
 def _client(endpoint: str, s3: LocalS3, **config: Any) -> S3Client:
-    options: dict[str, Any] = {
-        "s3": {"addressing_style": "path"},
-        "request_checksum_calculation": "when_required",
-        "response_checksum_validation": "when_required",
-        "retries": {"mode": "standard", "total_max_attempts": 3},
-        "proxies": {},
-    }
-    options.update(config)
-    client: S3Client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=s3.region,
-        aws_access_key_id=s3.access_key_id,
-        aws_secret_access_key=s3.secret_access_key,
-        config=Config(**options),
+    """``s3``'s client aimed at ``endpoint`` (a proxy in front of it), three attempts."""
+    return s3.client(
+        endpoint, **{"retries": {"mode": "standard", "total_max_attempts": 3}, **config}
     )
-    return client
 
 
 @pytest.fixture(params=["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)])
