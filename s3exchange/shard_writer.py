@@ -37,7 +37,6 @@ from __future__ import annotations
 import enum
 import io
 import json
-import logging
 import struct
 import sys
 import zlib
@@ -61,8 +60,6 @@ if TYPE_CHECKING:
     from .store import S3ExchangeStore
 
 __all__ = ["DEFAULT_MAX_BYTES", "ShardWriter", "crc32_combine", "shard_compression"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 256 << 20
 """Member bytes per shard unless told otherwise: ``pack``'s default too."""

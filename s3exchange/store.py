@@ -66,7 +66,8 @@ ManifestSource = str | Iterable[ManifestEntry]
 RECONNECT_SECONDS = 30.0
 """How long a read keeps retrying a server it cannot reach (``S3ExchangeStore(reconnect_s=)``,
 ``S3EXCHANGE_RECONNECT_TIMEOUT``): a restarting server or a brief network outage."""
-RECONNECT_MAX_BACKOFF_S = 2.0
+_RECONNECT_BACKOFF = RetryPolicy(backoff_s=0.2, max_backoff_s=2.0)
+"""Pauses between attempts to reach a server: full jitter up to 0.2 s doubling to 2 s."""
 
 _T = TypeVar("_T")
 
@@ -202,7 +203,7 @@ class S3ExchangeStore:
                 if left <= 0 or not _unreachable(exc):
                     raise
                 attempt += 1
-                delay = min(left, RECONNECT_MAX_BACKOFF_S, 0.1 * 2**attempt)
+                delay = min(left, _RECONNECT_BACKOFF.delay(attempt))
                 log.warning("%r: server unreachable (%s); retrying in %.1f s", key, exc, delay)
             time.sleep(delay)
 
