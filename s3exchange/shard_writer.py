@@ -51,6 +51,7 @@ from .errors import ShardWriteError
 from .keys import KeySpace
 from .multipart import MIN_PART_SIZE, MultipartWriter
 from .shard_format import MAX_INTERNAL_MANIFEST_BYTES, member_path_problem
+from .sources import InMemory
 from .tar_writer import tar_header
 from .types import INTERNAL_MANIFEST_PATH, Compression, ShardEntry, UpdateMode
 
@@ -316,9 +317,8 @@ class _ShardUpload:
         for member in members:
             size = len(member.data)
             self._write(tar_header(member.path, size))
-            view = memoryview(member.data)
-            for offset in range(0, size, _CHUNK):
-                self._write(view[offset : offset + _CHUNK])
+            for chunk in InMemory(member.data).chunks(_CHUNK):
+                self._write(chunk)
             if size % _BLOCK:
                 self._write(_EOF_MARKER[: _BLOCK - size % _BLOCK])
             self.lines.append(member.line)

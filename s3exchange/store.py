@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import os
 import posixpath
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -36,6 +35,7 @@ from .samples import Shard
 from .settings import redact_secrets_in_logs
 from .shard_format import member_path_problem as _member_path_problem
 from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter, shard_compression
+from .sources import InMemory, Source, source_of
 from .tar_reader import ShardMember, iter_internal_manifest, iter_shard
 from .tar_writer import write_shard
 from .types import (
@@ -263,19 +263,20 @@ class S3ExchangeStore:
     ) -> FileEntry:
         """Upload bytes, a local file (str / Path) or a binary file object; returns its entry.
 
-        Large sources stream through a multipart upload (never read whole into memory) that is
-        aborted on any error, so a failure leaves no object behind. The entry records size,
-        ETag and sha256.
+        Bytes go in one PutObject. Files and streams (:mod:`~s3exchange.sources`) stream
+        through a multipart upload (never read whole into memory) that is aborted on any error,
+        so a failure leaves no object behind. The entry records size, ETag and sha256.
         """
         resolved = self.resolve(key, vars)
+        source = source_of(data)
         digest = hashlib.sha256()
-        if isinstance(data, bytes | bytearray | memoryview):
-            body = bytes(data)
+        if isinstance(source, InMemory):
+            body = bytes(source.data)
             digest.update(body)
             etag = self._bucket.put(resolved, body, content_type=content_type)
             size = len(body)
         else:
-            etag, size = self._upload_stream(resolved, data, digest, content_type)
+            etag, size = self._upload(resolved, source, digest, content_type)
         entry: FileEntry = {"kind": "file", "key": resolved, "id": id or self.infer_id(resolved)}
         if meta is not None:
             entry["meta"] = dict(meta)
@@ -287,20 +288,15 @@ class S3ExchangeStore:
             entry["content_type"] = content_type
         return entry
 
-    def _upload_stream(
-        self,
-        key: str,
-        data: str | os.PathLike[str] | IO[bytes],
-        digest: Any,
-        content_type: str | None,
+    def _upload(
+        self, key: str, source: Source, digest: Any, content_type: str | None
     ) -> tuple[str | None, int]:
+        """A file or stream through a multipart upload, hashed on the way."""
         writer = self._writer(key, content_type)
         with writer:
-            if isinstance(data, str | os.PathLike):
-                with open(data, "rb") as source:
-                    _copy(source, writer, digest)
-            else:
-                _copy(data, writer, digest)
+            for chunk in source.chunks(1 << 20):
+                digest.update(chunk)
+                writer.write(chunk)
         return writer.etag, writer.bytes_written
 
     def _writer(self, key: str, content_type: str | None) -> MultipartWriter:
@@ -878,9 +874,3 @@ def _unreachable(error: StorageError) -> bool:
 def _compression_of(archive_key: str) -> Compression:
     """A shard's compression from its name, where no shard entry says it."""
     return "gzip" if archive_key.endswith((".gz", ".tgz")) else None
-
-
-def _copy(source: IO[bytes], writer: MultipartWriter, digest: Any, chunk: int = 1 << 20) -> None:
-    while block := source.read(chunk):
-        digest.update(block)
-        writer.write(block)

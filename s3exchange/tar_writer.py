@@ -7,14 +7,12 @@ format is described in :mod:`~s3exchange.shard_format`.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import Protocol
 
 from .errors import ShardWriteError
 from .shard_format import (
@@ -26,6 +24,7 @@ from .shard_format import (
     member_path_problem,
     new_digest,
 )
+from .sources import InMemory, Reader, Source, source_of
 from .types import INTERNAL_MANIFEST_PATH, Compression, FileEntry, ShardItem
 
 __all__ = ["ShardWriteResult", "item_size", "tar_header", "write_shard"]
@@ -39,27 +38,15 @@ class _Writable(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
 
-def _is_seekable(source: object) -> bool:
-    seekable = getattr(source, "seekable", None)
-    return callable(seekable) and bool(seekable())
-
-
 def item_size(item: ShardItem) -> int:
     """The member size of ``item``, without reading its bytes (for
     :func:`~s3exchange.samples.split_items`)."""
     declared = item.get("size_bytes")
     if declared is not None:
         return declared
-    source = item["source"]
-    if isinstance(source, bytes | bytearray | memoryview):
-        return memoryview(source).nbytes
-    if isinstance(source, str | os.PathLike):
-        return os.path.getsize(source)
-    if _is_seekable(source):
-        start = source.tell()
-        end = source.seek(0, io.SEEK_END)
-        source.seek(start)
-        return end - start
+    size = source_of(item["source"]).size()
+    if size is not None:
+        return size
     raise ValueError(
         f"cannot size member {item['member_path']!r}: a non-seekable stream needs size_bytes"
     )
@@ -80,11 +67,10 @@ class _Planned:
     """A member after the pre-pass: its manifest entry and where its bytes come from."""
 
     item: ShardItem
+    source: Source
     entry: FileEntry
     size: int
     checksum: str | None
-    start: int | None
-    """Position a seekable file source is read from (None for other sources)."""
 
     @property
     def path(self) -> str:
@@ -128,7 +114,9 @@ class _Sink:
         self.written += len(data)
 
 
-def _read_source(read: Callable[[int], bytes], n: int, archive_key: str, member_path: str) -> bytes:
+def _read_source(
+    read: Callable[[int], bytes | memoryview], n: int, archive_key: str, member_path: str
+) -> bytes | memoryview:
     try:
         return read(n)
     except OSError as exc:
@@ -138,7 +126,7 @@ def _read_source(read: Callable[[int], bytes], n: int, archive_key: str, member_
 
 
 def _hash_source(
-    read: Callable[[int], bytes], chunk_size: int, archive_key: str, member_path: str
+    read: Callable[[int], bytes | memoryview], chunk_size: int, archive_key: str, member_path: str
 ) -> tuple[int, str]:
     """Size and checksum of what ``read`` yields until end of stream, one chunk at a time."""
     hasher = new_digest(WRITE_CHECKSUM)
@@ -149,11 +137,15 @@ def _hash_source(
     return size, hexdigest(hasher)
 
 
-def _open_path(source: str | os.PathLike[str], archive_key: str, member_path: str) -> IO[bytes]:
+def _open(source: Source, archive_key: str, member_path: str) -> Reader:
     try:
-        return open(source, "rb")
+        return source.open()
     except OSError as exc:
-        raise ShardWriteError(archive_key, f"cannot open {source!r}: {exc}", member_path) from exc
+        raise ShardWriteError(
+            archive_key=archive_key,
+            reason=f"cannot open the source: {exc}",
+            member_path=member_path,
+        ) from exc
 
 
 def _check_item(item: ShardItem, archive_key: str, seen: set[str]) -> None:
@@ -177,36 +169,35 @@ def _check_item(item: ShardItem, archive_key: str, seen: set[str]) -> None:
 
 
 def _measure(
-    item: ShardItem, archive_key: str, chunk_size: int
-) -> tuple[int, str | None, int | None]:
-    """Pre-pass over one source: (size, checksum or None, start position of a seekable file)."""
-    source, path = item["source"], item["member_path"]
-    if isinstance(source, bytes | bytearray | memoryview):
-        view = memoryview(source).cast("B")
-        hasher = new_digest(WRITE_CHECKSUM)
-        hasher.update(view)
-        return view.nbytes, hexdigest(hasher), None
-    if isinstance(source, str | os.PathLike):
-        with _open_path(source, archive_key, path) as handle:
-            size, digest = _hash_source(handle.read, chunk_size, archive_key, path)
-        return size, digest, None
-    if not callable(getattr(source, "read", None)):
-        raise ShardWriteError(archive_key, f"unsupported source {type(source).__name__}", path)
-    if _is_seekable(source):
-        start = source.tell()
-        size, digest = _hash_source(source.read, chunk_size, archive_key, path)
-        source.seek(start)
-        return size, digest, start
-    declared = item.get("size_bytes")
-    if declared is None:
-        raise ShardWriteError(archive_key, "a non-seekable stream needs size_bytes", path)
-    return declared, None, None
+    item: ShardItem, source: Source, archive_key: str, chunk_size: int
+) -> tuple[int, str | None]:
+    """Pre-pass over one source: (size, checksum), hashed from its start; a stream, read only
+    once, gives its declared size and no checksum."""
+    path = item["member_path"]
+    if not source.rereadable:
+        declared = item.get("size_bytes")
+        if declared is None:
+            raise ShardWriteError(
+                archive_key=archive_key,
+                reason="a non-seekable stream needs size_bytes",
+                member_path=path,
+            )
+        return declared, None
+    reader = _open(source, archive_key, path)
+    try:
+        return _hash_source(reader.read, chunk_size, archive_key, path)
+    finally:
+        reader.close()
 
 
 def _plan(item: ShardItem, archive_key: str, chunk_size: int) -> _Planned:
     """Measure one item and build its internal manifest entry."""
     path = item["member_path"]
-    size, digest, start = _measure(item, archive_key, chunk_size)
+    try:
+        source = source_of(item["source"])
+    except TypeError as exc:
+        raise ShardWriteError(archive_key=archive_key, reason=str(exc), member_path=path) from None
+    size, digest = _measure(item, source, archive_key, chunk_size)
     declared = item.get("size_bytes")
     if declared is not None and declared != size:
         raise ShardWriteError(
@@ -220,7 +211,7 @@ def _plan(item: ShardItem, archive_key: str, chunk_size: int) -> _Planned:
     entry["size_bytes"] = size
     if digest is not None:
         entry[WRITE_CHECKSUM] = digest  # type: ignore[literal-required]
-    return _Planned(item, entry, size, digest, start)
+    return _Planned(item, source, entry, size, digest)
 
 
 def _encode_manifest(plans: Sequence[_Planned], archive_key: str) -> bytes:
@@ -256,8 +247,8 @@ def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
 
 
 def _exact_chunks(
-    read: Callable[[int], bytes], plan: _Planned, chunk_size: int, archive_key: str
-) -> Iterator[bytes]:
+    read: Callable[[int], bytes | memoryview], plan: _Planned, chunk_size: int, archive_key: str
+) -> Iterator[bytes | memoryview]:
     """Exactly ``plan.size`` bytes from ``read``; the source must neither end early nor run on.
 
     When the pre-pass hashed the source, the data pass hashes it again so a file that changed in
@@ -287,32 +278,17 @@ def _exact_chunks(
 def _member_chunks(
     plan: _Planned, chunk_size: int, archive_key: str
 ) -> Iterator[bytes | memoryview]:
-    """The data pass over one source, in chunks of at most ``chunk_size`` bytes."""
-    source = plan.item["source"]
-    if isinstance(source, bytes) and len(source) <= chunk_size:
-        yield source  # the common small member: no slicing, no copy
-    elif isinstance(source, bytes | bytearray | memoryview):
-        view = memoryview(source).cast("B")
-        for offset in range(0, view.nbytes, chunk_size):
-            yield view[offset : offset + chunk_size]
-    elif isinstance(source, str | os.PathLike):
-        with _open_path(source, archive_key, plan.path) as handle:
-            yield from _exact_chunks(handle.read, plan, chunk_size, archive_key)
-    else:
-        if plan.start is not None:
-            source.seek(plan.start)
-        yield from _exact_chunks(source.read, plan, chunk_size, archive_key)
-
-
-def _source_mtime(source: object) -> int:
-    """A path source's modification time for its tar header (``tar tv`` showed 1970); 0 for
-    bytes and streams, which have none, so their shards stay byte-identical run to run."""
-    if isinstance(source, str | os.PathLike):
-        try:
-            return max(0, int(os.stat(source).st_mtime))
-        except OSError:
-            return 0  # the data pass opens it again and reports the error
-    return 0
+    """The data pass over one source, in chunks of at most ``chunk_size`` bytes. Bytes in
+    memory, sized exactly by the pre-pass, are sliced as they are; whatever is read from a file
+    or a stream is held to the size (and checksum) the pre-pass recorded."""
+    if isinstance(plan.source, InMemory):
+        yield from plan.source.chunks(chunk_size)
+        return
+    reader = _open(plan.source, archive_key, plan.path)
+    try:
+        yield from _exact_chunks(reader.read, plan, chunk_size, archive_key)
+    finally:
+        reader.close()
 
 
 def _write_member(
@@ -361,7 +337,7 @@ def write_shard(
     _write_member(sink, INTERNAL_MANIFEST_PATH, len(manifest), [manifest])
     for plan in plans:
         chunks = _member_chunks(plan, chunk_size, archive_key)
-        _write_member(sink, plan.path, plan.size, chunks, _source_mtime(plan.item["source"]))
+        _write_member(sink, plan.path, plan.size, chunks, plan.source.mtime())
     sink.write(_EOF_MARKER)
     sink.finish()
     return ShardWriteResult(
