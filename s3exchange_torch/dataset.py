@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any
@@ -75,15 +75,19 @@ from s3exchange.types import ManifestEntry
 
 from .plan import Balance, EpochPlan, Segment, check_balance, rank_size
 from .prefetch import MAX_SAMPLE_BYTES, Item, Prefetcher, SampleTooLargeError, plan_jobs
-from .shuffle import ResumePoint, buffer_rng, replay, shuffled
+from .resume import Remainder, Run, merge_states, worker_rng
+from .shuffle import ResumePoint, replay, shuffled
 from .units import GroupBy, Unit, resolve_units
 
 __all__ = ["MAX_SAMPLE_BYTES", "STATE_VERSION", "S3ExchangeIterableDataset", "SampleTooLargeError"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-_CONFIG_KEYS = ("seed", "shuffle", "shuffle_buffer", "group_by", "balance", "rank", "world_size")
+STATE_VERSION = 2
+"""2 added ``num_samples`` and ``runs`` (elastic resume); a version 1 state still loads."""
+_DATA_KEYS = ("seed", "shuffle", "shuffle_buffer", "group_by")
+"""What a state must share with the dataset that loads it, whatever the topology."""
+_CONFIG_KEYS = (*_DATA_KEYS, "balance", "rank", "world_size")
 _STATE_KEYS = (
     "version",
     *_CONFIG_KEYS,
@@ -93,6 +97,7 @@ _STATE_KEYS = (
     "worker_samples",
     "emitted",
 )
+_ELASTIC_KEYS = ("version", "kind", *_DATA_KEYS, "epoch", "num_samples", "runs")
 AUTO_IO_THREADS_MAX = 32
 """Ceiling of the automatic ``io_threads``: past it more threads only contend for the GIL."""
 DEFAULT_POOL_CONNECTIONS = 10
@@ -167,6 +172,8 @@ class _Progress:
     num_workers: int
     total: int
     emitted: int
+    runs: tuple[Run, ...] = ()
+    """The interrupted runs of this epoch this iteration resumes after (elastic resume)."""
 
 
 class S3ExchangeIterableDataset(IterableDataset[Any]):
@@ -369,23 +376,40 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         units, counts = self._resolved()
         resume, self._resume = self._resume, None
         epoch = self.epoch if resume is None else int(resume["epoch"])
-        segments = self._plan(epoch, counts).segments(self._rank, worker_id, num_workers)
+        plan = self._plan(epoch, counts)
+        runs = () if resume is None else _runs(resume)
+        if resume is not None and runs:
+            self._check_samples(resume, plan.num_samples)
+            remainder = Remainder(
+                plan.num_samples, runs, seed=self._seed, epoch=epoch, buffer=self._buffer_size()
+            )
+            ranges = remainder.worker_ranges(
+                self._world_size, num_workers, self._balance, self._rank, worker_id
+            )
+            segments = plan.segments_at(ranges)
+        else:
+            segments = plan.segments(self._rank, worker_id, num_workers)
         total = sum(segment.size for segment in segments)
         emitted = 0
-        if resume is not None:
+        if resume is not None and resume.get("kind") != "elastic":
             self._check_resume(resume, worker_id, num_workers, total)
             emitted = int(resume["emitted"])
-        progress = _Progress(epoch, worker_id, num_workers, total, emitted)
+        progress = _Progress(epoch, worker_id, num_workers, total, emitted, runs)
         self._progress = progress
         return self._samples(units, segments, progress)
 
     def _samples(
         self, units: list[Unit], segments: list[Segment], progress: _Progress
     ) -> Iterator[Any]:
-        buffered = self._shuffle and self._shuffle_buffer > 1
+        buffered = self._buffer_size() > 1
         if buffered:
-            rng = buffer_rng(
-                self._seed, progress.epoch, self._rank, progress.worker_id, progress.num_workers
+            rng = worker_rng(
+                self._seed,
+                progress.epoch,
+                len(progress.runs),
+                self._rank,
+                progress.worker_id,
+                progress.num_workers,
             )
             point = replay(progress.total, self._shuffle_buffer, rng, progress.emitted)
         else:
@@ -435,14 +459,24 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             "world_size": self._world_size,
         }
 
+    def _buffer_size(self) -> int:
+        """Shuffle buffer slots in use: 0 when not shuffling."""
+        return self._shuffle_buffer if self._shuffle else 0
+
     def state_dict(self) -> dict[str, Any]:
-        """Where the latest iteration stands: configuration, epoch and samples delivered."""
+        """Where the latest iteration stands: configuration, epoch and samples delivered.
+
+        Loaded by a dataset of the same ranks and worker count, it continues the exact
+        sequence; :meth:`merge_states` turns the states of a job into one that any number of
+        ranks and workers resume from.
+        """
         if self._resume is not None:
             return dict(self._resume)
         progress = self._progress
         if progress is None:
             worker_id, num_workers = _worker()
             progress = _Progress(self.epoch, worker_id, num_workers, -1, 0)
+        counts = self._counts
         return {
             "version": STATE_VERSION,
             **self._config(),
@@ -451,22 +485,61 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             "num_workers": progress.num_workers,
             "worker_samples": progress.total,
             "emitted": progress.emitted,
+            "num_samples": -1 if counts is None else sum(counts),
+            "runs": [run.to_state() for run in progress.runs],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Make the next ``iter()`` continue the iteration ``state`` describes."""
-        missing = [key for key in _STATE_KEYS if key not in state]
+        """Make the next ``iter()`` continue the iteration ``state`` describes.
+
+        ``state`` is one worker's :meth:`state_dict` (same ranks and workers: the exact
+        sequence goes on) or a :meth:`merge_states` result (any ranks and workers: each reads
+        its share of what the saved job had not delivered).
+        """
+        elastic = state.get("kind") == "elastic"
+        keys = _ELASTIC_KEYS if elastic else _STATE_KEYS
+        missing = [key for key in keys if key not in state]
         if missing:
             raise ValueError(f"not a {type(self).__name__} state: missing {missing}")
-        if state["version"] != STATE_VERSION:
+        if state["version"] not in (1, STATE_VERSION):
             raise ValueError(f"unsupported state version {state['version']!r}")
         config = self._config()
-        for key in _CONFIG_KEYS:
+        for key in _DATA_KEYS if elastic else _CONFIG_KEYS:
             if state[key] != config[key]:
                 raise ValueError(
                     f"cannot resume: state has {key}={state[key]!r}, dataset has {config[key]!r}"
                 )
+        _runs(state)  # refuse a malformed record now rather than in a worker
         self._resume = dict(state)
+
+    @staticmethod
+    def merge_states(
+        states: Iterable[Mapping[str, Any]],
+        *,
+        batches: int | None = None,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> dict[str, Any]:
+        """One state from which any number of ranks and workers resume the rest of an epoch.
+
+        ``states`` are the dataset states of every worker of every rank of the saved job
+        (each DataLoader worker's :meth:`state_dict`, or :class:`~.loader.S3ExchangeLoader`
+        states, which hold their workers'), for progress that differed between ranks. In the
+        common synchronous case, where every rank consumed the same number of batches, one
+        rank's states suffice: an ``S3ExchangeLoader`` state says how many batches (else pass
+        ``batches``, ``batch_size`` and ``drop_last``) and the other ranks' positions follow.
+        The result is small (one count per worker per resume, see :mod:`.resume`); load it with
+        :meth:`load_state_dict` on each rank of the new job before iterating.
+        """
+        return merge_states(states, batches=batches, batch_size=batch_size, drop_last=drop_last)
+
+    def _check_samples(self, state: dict[str, Any], num_samples: int) -> None:
+        saved = int(state.get("num_samples", -1))
+        if saved not in (-1, num_samples):
+            raise ValueError(
+                f"cannot resume: the state's epoch had {saved} samples, the manifest now gives "
+                f"{num_samples} (did it change?)"
+            )
 
     def _check_resume(
         self, state: dict[str, Any], worker_id: int, num_workers: int, total: int
@@ -474,7 +547,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         if (state["worker_id"], state["num_workers"]) != (worker_id, num_workers):
             raise ValueError(
                 f"cannot resume: state is worker {state['worker_id']} of {state['num_workers']}, "
-                f"this is worker {worker_id} of {num_workers}"
+                f"this is worker {worker_id} of {num_workers} (to resume on other workers or "
+                "ranks, load S3ExchangeIterableDataset.merge_states of the job's states)"
             )
         if state["worker_samples"] not in (-1, total):
             raise ValueError(
@@ -483,6 +557,14 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             )
         if not 0 <= state["emitted"] <= total:
             raise ValueError(f"cannot resume: emitted={state['emitted']} of {total} samples")
+
+
+def _runs(state: Mapping[str, Any]) -> tuple[Run, ...]:
+    """The interrupted runs a state resumes after (none in a version 1 state)."""
+    records = state.get("runs", ())
+    if not isinstance(records, list | tuple):
+        raise ValueError(f"not a state: runs is {type(records).__name__}, not a list")
+    return tuple(Run.from_state(record) for record in records)
 
 
 def _restore_buffer(items: Iterator[Item], pending: tuple[int, ...]) -> list[Item]:

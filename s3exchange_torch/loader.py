@@ -679,6 +679,8 @@ class S3ExchangeLoader:
         return {
             "version": LOADER_STATE_VERSION,
             "epoch": epoch,
+            "rank": self.dataset.rank,
+            "world_size": self.dataset.world_size,
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "drop_last": self.drop_last,
@@ -697,9 +699,27 @@ class S3ExchangeLoader:
         return _copy_state(self._state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Make the next ``iter()`` continue the iteration ``state`` describes."""
+        """Make the next ``iter()`` continue the iteration ``state`` describes.
+
+        A state of this rank with the same workers, batch size and ``drop_last`` continues the
+        exact batch sequence. A state of another topology (rank, world size, workers) is taken
+        as the synchronous case, every rank having consumed as many batches: each rank of the
+        new job loads any one rank's state and reads its share of what the job had not
+        delivered (:meth:`S3ExchangeIterableDataset.merge_states`, which also merges the states
+        of every rank when progress differed; its result loads here too).
+        """
+        if state.get("kind") == "elastic":
+            self._resume = self._elastic(state)
+            return
         if state.get("version") != LOADER_STATE_VERSION:
             raise ValueError(f"not an S3ExchangeLoader state (version {state.get('version')!r})")
+        if not self._same_topology(state):
+            started = [w for w in state["workers"] if w is not None]
+            if not started:  # nothing read yet: the epoch from its start
+                self._resume = self._new_state(int(state["epoch"]), max(1, self.num_workers))
+                return
+            self._resume = self._elastic(S3ExchangeIterableDataset.merge_states([state]))
+            return
         for key in ("batch_size", "num_workers", "drop_last"):
             if state[key] != getattr(self, key):
                 raise ValueError(
@@ -707,6 +727,24 @@ class S3ExchangeLoader:
                     f"{getattr(self, key)!r}"
                 )
         self._resume = _copy_state(state)
+
+    def _same_topology(self, state: dict[str, Any]) -> bool:
+        """Whether ``state`` was saved by this rank of a job of this many ranks and workers."""
+        dataset = self.dataset
+        if state["num_workers"] != self.num_workers:
+            return False
+        for worker in state["workers"]:
+            if worker is not None:
+                saved = (worker.get("rank"), worker.get("world_size"), worker.get("balance"))
+                return saved == (dataset.rank, dataset.world_size, dataset._balance)
+        place = (state.get("rank", dataset.rank), state.get("world_size", dataset.world_size))
+        return place == (dataset.rank, dataset.world_size)
+
+    def _elastic(self, elastic: dict[str, Any]) -> dict[str, Any]:
+        """A fresh loader state whose every worker starts from the elastic dataset state."""
+        state = self._new_state(int(elastic["epoch"]), max(1, self.num_workers))
+        state["workers"] = [dict(elastic) for _ in state["workers"]]
+        return state
 
 
 def _copy_state(state: dict[str, Any]) -> dict[str, Any]:

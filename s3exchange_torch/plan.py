@@ -23,12 +23,21 @@ import operator
 import random
 from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Literal, TypeAlias
 
-__all__ = ["Balance", "EpochPlan", "Segment", "check_balance", "plan_worker", "rank_size"]
+__all__ = [
+    "Balance",
+    "EpochPlan",
+    "Segment",
+    "check_balance",
+    "plan_worker",
+    "rank_bounds",
+    "rank_size",
+    "split_bounds",
+]
 
 Balance: TypeAlias = Literal["pad", "drop"] | None
 """How ranks are evened out: ``None`` (exact split), ``"pad"`` (repeat) or ``"drop"`` (truncate)."""
@@ -66,14 +75,15 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-def _split(total: int, parts: int, index: int) -> tuple[int, int]:
+def split_bounds(total: int, parts: int, index: int) -> tuple[int, int]:
     """Bounds of part ``index`` when ``total`` items are cut into ``parts`` contiguous parts."""
     return index * total // parts, (index + 1) * total // parts
 
 
-def _rank_bounds(num_samples: int, world_size: int, rank: int, balance: Balance) -> tuple[int, int]:
+def rank_bounds(num_samples: int, world_size: int, rank: int, balance: Balance) -> tuple[int, int]:
+    """Positions ``[start, stop)`` of ``rank`` in a sequence of ``num_samples`` (see above)."""
     if balance is None:
-        return _split(num_samples, world_size, rank)
+        return split_bounds(num_samples, world_size, rank)
     per_rank = num_samples // world_size if balance == "drop" else -(-num_samples // world_size)
     return rank * per_rank, (rank + 1) * per_rank
 
@@ -85,7 +95,7 @@ def rank_size(num_samples: int, world_size: int, rank: int, balance: Balance = N
     check_balance(balance)
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    start, stop = _rank_bounds(num_samples, world_size, rank, balance)
+    start, stop = rank_bounds(num_samples, world_size, rank, balance)
     return stop - start
 
 
@@ -147,7 +157,7 @@ class EpochPlan:
     def rank_slice(self, rank: int) -> tuple[int, int]:
         """Global positions ``[start, stop)`` of ``rank``; with ``"pad"`` they are taken mod N."""
         _check_index("rank", rank, self.world_size, "world_size")
-        return _rank_bounds(self.num_samples, self.world_size, rank, self.balance)
+        return rank_bounds(self.num_samples, self.world_size, rank, self.balance)
 
     def rank_size(self, rank: int) -> int:
         """Samples ``rank`` reads this epoch."""
@@ -159,7 +169,7 @@ class EpochPlan:
         _check_positive("num_workers", num_workers)
         _check_index("worker_id", worker_id, num_workers, "num_workers")
         rank_start, rank_stop = self.rank_slice(rank)
-        lo, hi = _split(rank_stop - rank_start, num_workers, worker_id)
+        lo, hi = split_bounds(rank_stop - rank_start, num_workers, worker_id)
         return rank_start + lo, rank_start + hi
 
     def worker_size(self, rank: int, worker_id: int = 0, num_workers: int = 1) -> int:
@@ -184,6 +194,17 @@ class EpochPlan:
         return self._between(first, self.num_samples) + self._between(
             0, first + length - self.num_samples
         )
+
+    def segments_at(self, ranges: Iterable[tuple[int, int]]) -> list[Segment]:
+        """Segments covering the global position ``ranges`` (each within ``[0, N)``), in order:
+        what a worker reads when it resumes the rest of an epoch (:mod:`.resume`)."""
+        out: list[Segment] = []
+        for start, stop in ranges:
+            if not 0 <= start <= stop <= self.num_samples:
+                raise ValueError(f"positions [{start}, {stop}) outside [0, {self.num_samples})")
+            if start < stop:
+                out += self._between(start, stop)
+        return out
 
     def _between(self, start: int, stop: int) -> list[Segment]:
         """Segments covering global positions ``[start, stop)``, ``0 <= start < stop <= N``."""

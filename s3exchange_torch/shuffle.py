@@ -30,9 +30,17 @@ INITIAL = 100
 """Samples buffered before the first emission (at most ``size``)."""
 
 
-def buffer_rng(seed: int, epoch: int, rank: int, worker_id: int, num_workers: int) -> random.Random:
-    """The buffer's RNG for one (seed, epoch, rank, worker): identical in every process."""
+def buffer_rng(
+    seed: int, epoch: int, rank: int, worker_id: int, num_workers: int, generation: int = 0
+) -> random.Random:
+    """The buffer's RNG for one (seed, epoch, rank, worker): identical in every process.
+
+    ``generation`` counts the elastic resumes within the epoch (:mod:`.resume`), so that a
+    resumed run does not draw the same stream as the run it continues.
+    """
     text = f"s3exchange.shuffle:{seed}:{epoch}:{rank}:{worker_id}:{num_workers}"
+    if generation:
+        text += f":resumed{generation}"
     return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest(), "big"))
 
 
