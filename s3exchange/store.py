@@ -760,7 +760,14 @@ class S3ExchangeStore:
             raise InvalidKeyError(resolved, "name the prefix whose stale uploads to abort")
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
         stale = [u for u in self.list_uploads(resolved) if u.initiated <= cutoff]
-        for upload in [] if dry_run else stale:
+        if not dry_run:
+            self.abort_uploads(stale)
+        return stale
+
+    def abort_uploads(self, uploads: Iterable[PendingUpload]) -> None:
+        """Abort these pending uploads (from :meth:`list_uploads`); one already completed or
+        aborted meanwhile is no error."""
+        for upload in uploads:
             physical = self._bucket.keyspace.physical(upload.key)
             try:
                 self._bucket.client.abort_multipart_upload(
@@ -771,7 +778,6 @@ class S3ExchangeStore:
                     raise translate(exc, upload.key, "AbortMultipartUpload") from exc
             except BotoCoreError as exc:
                 raise translate(exc, upload.key, "AbortMultipartUpload") from exc
-        return stale
 
     # -- deletion and compaction ---------------------------------------------------------------
 

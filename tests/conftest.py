@@ -105,3 +105,15 @@ def seaweed_bucket(seaweed_client: S3Client) -> Iterator[str]:
     name = _new_bucket(seaweed_client)
     yield name
     _delete_bucket(seaweed_client, name)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A local Ray with 2 CPUs for the whole session (starting one costs ~4 s), for the
+    ``s3exchange.ray`` tests; shut down at the end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
