@@ -160,24 +160,40 @@ def _check_fields(entry: dict[str, Any]) -> str | None:
         rule = rules.get(name)
         if rule is None:
             continue
+        # exact-type fast paths for what JSON produces (a third of the parse time before)
+        cls = value.__class__
         if rule == _STR:
-            ok = isinstance(value, str)
-        elif rule in (_UINT, _COUNT):
-            top = MAX_COUNT if rule == _COUNT else MAX_SIZE_BYTES
-            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
-        elif rule == _NONEMPTY_STR:
-            ok = isinstance(value, str) and value != ""
-        elif rule == _OBJECT:
-            ok = isinstance(value, dict)
-        elif rule == _TAR:
-            ok = isinstance(value, str) and value == "tar"
-        else:  # _COMPRESSION
-            ok = value is None or (isinstance(value, str) and value in ("gzip", "none"))
-        if not ok:
-            return f"field {name!r} must be {_RULE_TEXT[rule]}, got {_show(value)}"
+            if cls is str:
+                continue
+        elif rule == _UINT:
+            if cls is int and 0 <= value <= MAX_SIZE_BYTES:
+                continue
+        elif rule == _NONEMPTY_STR and cls is str and value:
+            continue
+        problem = _check_field(name, value, rule)
+        if problem is not None:
+            return problem
     if kind == "shard" and entry.get("compression") == "none":
         entry["compression"] = None
     return None
+
+
+def _check_field(name: str, value: Any, rule: int) -> str | None:
+    """The reason ``value`` breaks ``rule`` for field ``name``, or None."""
+    if rule == _STR:
+        ok = isinstance(value, str)
+    elif rule in (_UINT, _COUNT):
+        top = MAX_COUNT if rule == _COUNT else MAX_SIZE_BYTES
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
+    elif rule == _NONEMPTY_STR:
+        ok = isinstance(value, str) and value != ""
+    elif rule == _OBJECT:
+        ok = isinstance(value, dict)
+    elif rule == _TAR:
+        ok = isinstance(value, str) and value == "tar"
+    else:  # _COMPRESSION
+        ok = value is None or (isinstance(value, str) and value in ("gzip", "none"))
+    return None if ok else f"field {name!r} must be {_RULE_TEXT[rule]}, got {_show(value)}"
 
 
 _JSON_TYPE_NAMES: Final = {
