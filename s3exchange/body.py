@@ -174,7 +174,9 @@ class ObjectStream(io.RawIOBase, _ChunkReader):
     def _recover(self, failures: int, exc: BaseException) -> int:
         failures += 1
         if failures >= self._retry.max_attempts:
-            raise ReadInterruptedError(self.key, self._offset, failures, exc) from exc
+            raise ReadInterruptedError(
+                key=self.key, offset=self._offset, attempts=failures, cause=exc
+            ) from exc
         log.warning("resuming %r at byte %d after %r", self.key, self._offset, exc)
         self._close_current()
         time.sleep(self._retry.delay(failures))
@@ -245,9 +247,11 @@ class CheckedStream(_ChunkReader):
         self._checked = True
         key = self._stream.key
         if self._size is not None and self._seen != self._size:
-            raise IntegrityError(key, f"read {self._seen} bytes, manifest says {self._size}")
+            raise IntegrityError(
+                key=key, reason=f"read {self._seen} bytes, manifest says {self._size}"
+            )
         if self._digest is not None and self._digest.hexdigest() != self._expected:
-            raise IntegrityError(key, "sha256 does not match the manifest")
+            raise IntegrityError(key=key, reason="sha256 does not match the manifest")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

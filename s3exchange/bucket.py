@@ -68,13 +68,17 @@ def translate(exc: BaseException, key: str | None, operation: str) -> Exception:
         code = error_code(exc)
         message = str(exc.response.get("Error", {}).get("Message", ""))
         if code in NOT_FOUND_CODES and key is not None:
-            return ObjectNotFoundError(key)
+            return ObjectNotFoundError(key=key)
         if code in DENIED_CODES:
-            return AccessDeniedError(key, operation, code, message or "access denied")
-        return StorageError(key, operation, code, message)
+            return AccessDeniedError(
+                key=key, operation=operation, code=code, reason=message or "access denied"
+            )
+        return StorageError(key=key, operation=operation, code=code, reason=message)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return AccessDeniedError(key, operation, type(exc).__name__, str(exc))
-    return StorageError(key, operation, type(exc).__name__, str(exc))
+        return AccessDeniedError(
+            key=key, operation=operation, code=type(exc).__name__, reason=str(exc)
+        )
+    return StorageError(key=key, operation=operation, code=type(exc).__name__, reason=str(exc))
 
 
 @dataclass(frozen=True)
@@ -209,9 +213,9 @@ class Bucket:
             response = self.client.get_object(**args)
         except ClientError as exc:
             if etag and error_code(exc) in PRECONDITION_CODES:
-                raise ObjectChangedError(key, etag) from None
+                raise ObjectChangedError(key=key, etag=etag) from None
             if error_code(exc) == "InvalidRange" and offset:
-                raise ObjectChangedError(key, etag) from None
+                raise ObjectChangedError(key=key, etag=etag) from None
             raise translate(exc, key, "GetObject") from exc
         except BotoCoreError as exc:
             raise translate(exc, key, "GetObject") from exc

@@ -34,7 +34,8 @@ def delete_prefix(
     """
     if not prefix and not allow_all:
         raise InvalidKeyError(
-            prefix, "an empty prefix means every key under the base prefix: pass allow_all=True"
+            key=prefix,
+            reason="an empty prefix means every key under the base prefix: pass allow_all=True",
         )
     bucket.keyspace.physical_prefix(prefix)  # refuse a bad prefix before listing
     pattern = re.compile(regex) if regex is not None else None
@@ -55,7 +56,7 @@ def delete_prefix(
     deleted, failures = bucket.delete_many(keys())
     refused += [(f["key"], f["code"], f["message"]) for f in failures]
     if refused:
-        raise DeleteError(refused)
+        raise DeleteError(errors=refused)
     return deleted
 
 
@@ -174,7 +175,8 @@ def plan_delete_manifest(
             keyspace.physical(key)
         except InvalidKeyError as exc:
             raise InvalidManifestError(
-                root, f"{role} key {key!r} in the manifest graph is invalid: {exc.reason}"
+                key=root,
+                reason=f"{role} key {key!r} in the manifest graph is invalid: {exc.reason}",
             ) from None
     return plan
 

@@ -1,39 +1,80 @@
-"""Domain errors: one hierarchy under :class:`S3ExchangeError`, each naming what it is about."""
+"""Domain errors: one hierarchy under :class:`S3ExchangeError`, each naming what it is about.
+
+Message first, context keyword-only (httpx's style): ``ObjectNotFoundError(key="a.wav")``
+words its own message from the context; ``ObjectNotFoundError("text")`` keeps the text as
+given, context ``None``. So ``type(exc)(str(exc))`` rebuilds any of them with type and text
+intact, which is what PyTorch's DataLoader does when it re-raises a worker's exception in the
+main process, and what unpickling does (``args`` is always ``(message,)``). Nothing is ever
+guessed from the text::
+
+    S3ExchangeError
+    ├── MissingPlaceholderError      (also KeyError)   a {placeholder} no variable fills
+    ├── InvalidKeyError              (also ValueError) a key that cannot name an object
+    ├── ObjectNotFoundError          (also KeyError)   no object at the key
+    │   └── ManifestNotFoundError                      no manifest at the key
+    ├── InvalidManifestError         (also ValueError) a bad manifest line or graph
+    ├── ShardWriteError                                an archive that cannot be built
+    ├── ShardReadError                                 a corrupt or disagreeing archive
+    ├── IntegrityError                                 bytes that disagree with their entry
+    ├── ObjectChangedError                             replaced while (or since) listed
+    ├── ReadInterruptedError                           a read past its retry budget
+    ├── UploadError                                    an upload failed and was aborted
+    ├── ConcurrentModificationError                    a conditional write kept losing
+    ├── DeleteError                                    some keys of a batch delete failed
+    ├── StorageError                                   any other failed S3 request
+    │   └── AccessDeniedError                          rejected or missing credentials
+    ├── PackError                                      a pack job that cannot start
+    └── PackConflictError                              a pack that disagrees with the bucket
+
+``s3exchange_torch.SampleTooLargeError`` derives from :class:`S3ExchangeError` too. The CLI
+maps these to exit codes (``s3exchange.cli._common.EXIT_MEANINGS``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+__all__ = [
+    "AccessDeniedError",
+    "ConcurrentModificationError",
+    "DeleteError",
+    "IntegrityError",
+    "InvalidKeyError",
+    "InvalidManifestError",
+    "ManifestNotFoundError",
+    "MissingPlaceholderError",
+    "ObjectChangedError",
+    "ObjectNotFoundError",
+    "PackConflictError",
+    "PackError",
+    "ReadInterruptedError",
+    "S3ExchangeError",
+    "ShardReadError",
+    "ShardWriteError",
+    "StorageError",
+    "UploadError",
+]
+
 
 class S3ExchangeError(Exception):
-    """Base class of every error this library raises on purpose.
+    """Base class of every error this library raises on purpose; ``cls(message)`` builds any."""
 
-    Context first, as each class names it (``ObjectNotFoundError(key)``); the context is kept
-    as given, never guessed from its text. ``cls(message=text)`` rebuilds any of them from
-    one finished message, context ``None``: PyTorch's DataLoader does exactly that when it
-    re-raises a worker's exception in the main process (it calls ``type(exc)(message=...)``
-    for classes with a ``message`` attribute), so the domain type and the text survive.
-    """
-
-    def __init__(self, *args: object, message: str | None = None) -> None:
-        super().__init__(*((message,) if message is not None else args))
-
-    @property
-    def message(self) -> str:
-        """The error's text (its presence makes the DataLoader re-raise with ``message=``)."""
-        return str(self)
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class _KeyedError(S3ExchangeError):
-    """An error about one key, with a reason; ``template`` words the message."""
+    """An error about one key, with a reason; ``_wording`` words the message."""
 
-    template = "{key!r}: {reason}"
+    _wording = "{key!r}: {reason}"
 
     def __init__(
-        self, key: str | None = None, reason: str | None = None, *, message: str | None = None
+        self, message: str | None = None, *, key: str | None = None, reason: str | None = None
     ) -> None:
         self.key = key
         self.reason = reason
         if message is None:
-            message = key if reason is None else self.template.format(key=key, reason=reason)
+            message = self._wording.format(key=key, reason=reason)
         super().__init__(message)
 
 
@@ -42,17 +83,15 @@ class MissingPlaceholderError(S3ExchangeError, KeyError):
 
     def __init__(
         self,
+        message: str | None = None,
+        *,
         placeholder: str | None = None,
         template: str | None = None,
-        *,
-        message: str | None = None,
     ) -> None:
         self.placeholder = placeholder
         self.template = template
         if message is None:
-            message = placeholder
-            if template is not None:
-                message = f"missing placeholder {{{placeholder}}} in key template {template!r}"
+            message = f"missing placeholder {{{placeholder}}} in key template {template!r}"
         super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -62,14 +101,16 @@ class MissingPlaceholderError(S3ExchangeError, KeyError):
 class InvalidKeyError(_KeyedError, ValueError):
     """A key or key template cannot name an S3 object."""
 
-    template = "invalid key {key!r}: {reason}"
+    _wording = "invalid key {key!r}: {reason}"
 
 
 class ObjectNotFoundError(S3ExchangeError, KeyError):
     """The object at ``key`` does not exist (any key, a newline in it included)."""
 
+    _what = "object"
+
     def __init__(
-        self, key: str | None = None, bucket: str | None = None, *, message: str | None = None
+        self, message: str | None = None, *, key: str | None = None, bucket: str | None = None
     ) -> None:
         self.key = key
         self.bucket = bucket
@@ -78,9 +119,7 @@ class ObjectNotFoundError(S3ExchangeError, KeyError):
             message = f"{self._what} not found: {key!r}{where}"
         super().__init__(message)
 
-    _what = "object"
-
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
 
 
@@ -95,19 +134,19 @@ class InvalidManifestError(S3ExchangeError, ValueError):
 
     def __init__(
         self,
+        message: str | None = None,
+        *,
         key: str | None = None,
         reason: str | None = None,
         line: int | None = None,
-        *,
-        message: str | None = None,
     ) -> None:
         self.key = key
-        self.line = line
         self.reason = reason
+        self.line = line
         if message is None:
             where = key if key is not None else "<entries>"
             at = f" line {line}" if line is not None else ""
-            message = f"invalid manifest {where!r}{at}: {reason}" if reason else key
+            message = f"invalid manifest {where!r}{at}: {reason}"
         super().__init__(message)
 
 
@@ -118,20 +157,18 @@ class _ShardError(S3ExchangeError):
 
     def __init__(
         self,
+        message: str | None = None,
+        *,
         archive_key: str | None = None,
         reason: str | None = None,
         member_path: str | None = None,
-        *,
-        message: str | None = None,
     ) -> None:
         self.archive_key = archive_key
-        self.member_path = member_path
         self.reason = reason
+        self.member_path = member_path
         if message is None:
             member = f" member {member_path!r}" if member_path is not None else ""
-            message = archive_key
-            if reason is not None:
-                message = f"cannot {self.verb} shard {archive_key!r}{member}: {reason}"
+            message = f"cannot {self.verb} shard {archive_key!r}{member}: {reason}"
         super().__init__(message)
 
 
@@ -150,7 +187,7 @@ class ShardReadError(_ShardError):
 class IntegrityError(_KeyedError):
     """An object's bytes disagree with the size or checksum its manifest entry records."""
 
-    template = "integrity check failed for {key!r}: {reason}"
+    _wording = "integrity check failed for {key!r}: {reason}"
 
 
 class ObjectChangedError(S3ExchangeError):
@@ -159,11 +196,11 @@ class ObjectChangedError(S3ExchangeError):
 
     def __init__(
         self,
+        message: str | None = None,
+        *,
         key: str | None = None,
         etag: str | None = None,
-        *,
         reason: str | None = None,
-        message: str | None = None,
     ) -> None:
         self.key = key
         self.etag = etag
@@ -179,46 +216,42 @@ class ReadInterruptedError(S3ExchangeError):
 
     def __init__(
         self,
+        message: str | None = None,
+        *,
         key: str | None = None,
         offset: int | None = None,
         attempts: int | None = None,
         cause: BaseException | None = None,
-        *,
-        message: str | None = None,
     ) -> None:
         self.key = key
         self.offset = offset
         self.attempts = attempts
         if message is None:
-            message = key
-            if offset is not None:
-                message = (
-                    f"reading {key!r} failed at byte {offset} after {attempts} attempts: {cause!r}"
-                )
+            message = (
+                f"reading {key!r} failed at byte {offset} after {attempts} attempts: {cause!r}"
+            )
         super().__init__(message)
 
 
 class UploadError(_KeyedError):
     """An upload failed; the partial upload was aborted and nothing was written."""
 
-    template = "upload of {key!r} failed and was aborted: {reason}"
+    _wording = "upload of {key!r} failed and was aborted: {reason}"
 
 
 class ConcurrentModificationError(_KeyedError):
     """A conditional write lost its race too many times, or the server ignores conditions."""
 
-    template = "concurrent update of {key!r} failed: {reason}"
+    _wording = "concurrent update of {key!r} failed: {reason}"
 
 
 class DeleteError(S3ExchangeError):
     """Some keys of a batch delete failed; ``errors`` lists (key, code, message)."""
 
     def __init__(
-        self, errors: list[tuple[str, str, str]] | str | None = None, *, message: str | None = None
+        self, message: str | None = None, *, errors: Sequence[tuple[str, str, str]] = ()
     ) -> None:
-        if isinstance(errors, str):
-            errors, message = None, errors
-        self.errors: list[tuple[str, str, str]] = errors or []
+        self.errors = list(errors)
         if message is None:
             first = "; ".join(f"{k!r}: {c} {m}" for k, c, m in self.errors[:5])
             more = f" (+{len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
@@ -231,20 +264,47 @@ class StorageError(S3ExchangeError):
 
     def __init__(
         self,
+        message: str | None = None,
+        *,
         key: str | None = None,
         operation: str | None = None,
         code: str | None = None,
         reason: str | None = None,
-        *,
-        message: str | None = None,
     ) -> None:
         self.key = key
         self.operation = operation
         self.code = code
+        self.reason = reason
         if message is None:
-            message = key if operation is None else f"{operation} {key!r} failed: {code} {reason}"
+            message = f"{operation} {key!r} failed: {code} {reason}"
         super().__init__(message)
 
 
 class AccessDeniedError(StorageError):
     """The credentials were rejected or lack permission for the request."""
+
+
+class PackError(S3ExchangeError):
+    """The pack job cannot start: no source directory, no files, or bad options."""
+
+
+class PackConflictError(S3ExchangeError):
+    """What the manifest or bucket holds disagrees with this plan; nothing is mixed.
+
+    ``problems`` lists each disagreement (the message shows the first two), ``hint`` says what
+    to do about them."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        problems: Sequence[str] = (),
+        hint: str | None = None,
+    ) -> None:
+        self.problems = list(problems)
+        self.hint = hint
+        if message is None:
+            shown = "; ".join(self.problems[:2])
+            more = f" (+{len(self.problems) - 2} more)" if len(self.problems) > 2 else ""
+            message = f"{shown}{more}" + (f". {hint}" if hint else "")
+        super().__init__(message)

@@ -465,7 +465,7 @@ class FastGetter:
             if response.status >= 300:
                 error = self._error(conn, response, key)
                 if received and response.status in (412, 416):
-                    raise ObjectChangedError(key, etag) from error
+                    raise ObjectChangedError(key=key, etag=etag) from error
                 attempts += 1
                 if attempts >= self.max_attempts or not _retry_response(response, error):
                     raise error
@@ -487,7 +487,9 @@ class FastGetter:
                 received += got
                 failures = 1 if got else failures + 1
                 if failures >= resume.max_attempts:
-                    raise ReadInterruptedError(key, received, failures, exc) from exc
+                    raise ReadInterruptedError(
+                        key=key, offset=received, attempts=failures, cause=exc
+                    ) from exc
                 log.warning("resuming %r at byte %d after %r", key, received, exc)
                 time.sleep(resume.delay(failures))
                 continue
@@ -588,7 +590,9 @@ class FastGetter:
         digest = self._checksums[algorithm]()
         digest.update(data)
         if digest.digest() != base64.b64decode(expected):
-            raise IntegrityError(key, f"x-amz-checksum-{algorithm} does not match the body")
+            raise IntegrityError(
+                key=key, reason=f"x-amz-checksum-{algorithm} does not match the body"
+            )
 
     def close(self) -> None:
         """Close the idle connections."""

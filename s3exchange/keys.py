@@ -35,15 +35,17 @@ def resolve_template(template: str, variables: Mapping[str, Any]) -> str:
     try:
         parsed = list(_FORMATTER.parse(template))
     except ValueError as exc:
-        raise InvalidKeyError(template, f"malformed template: {exc}") from None
+        raise InvalidKeyError(key=template, reason=f"malformed template: {exc}") from None
     for literal, field, spec, conversion in parsed:
         parts.append(literal)
         if field is None:
             continue
         if not field.isidentifier():
-            raise InvalidKeyError(template, f"placeholder {{{field}}} is not a plain name")
+            raise InvalidKeyError(
+                key=template, reason=f"placeholder {{{field}}} is not a plain name"
+            )
         if field not in variables:
-            raise MissingPlaceholderError(field, template)
+            raise MissingPlaceholderError(placeholder=field, template=template)
         value = variables[field]
         if conversion:
             value = _FORMATTER.convert_field(value, conversion)
@@ -64,7 +66,7 @@ class KeySpace:
     def physical(self, key: str) -> str:
         """The key as stored in the bucket."""
         if not key:
-            raise InvalidKeyError(key, "empty key")
+            raise InvalidKeyError(key=key, reason="empty key")
         return self.physical_prefix(key)
 
     def physical_prefix(self, prefix: str) -> str:
@@ -74,7 +76,7 @@ class KeySpace:
         root", which once made ``delete_prefix("/")`` delete everything under the base prefix.
         """
         if prefix.startswith("/"):
-            raise InvalidKeyError(prefix, "keys are relative; drop the leading '/'")
+            raise InvalidKeyError(key=prefix, reason="keys are relative; drop the leading '/'")
         return self.base_prefix + prefix
 
     def logical(self, physical_key: str) -> str:

@@ -219,7 +219,7 @@ def parse_line(line: bytes | str, *, key: str | None, lineno: int) -> ManifestEn
             text = str(line, "utf-8")
         except UnicodeDecodeError as exc:
             reason = f"not valid UTF-8 at byte {exc.start}: {exc.reason}"
-            raise InvalidManifestError(key, reason, line=lineno) from None
+            raise InvalidManifestError(key=key, reason=reason, line=lineno) from None
     try:
         try:
             obj, end = _raw_decode(text)
@@ -232,20 +232,22 @@ def parse_line(line: bytes | str, *, key: str | None, lineno: int) -> ManifestEn
             obj, end = _raw_decode(text, start)
     except json.JSONDecodeError as exc:
         reason = f"invalid JSON: {exc.msg} at column {exc.pos + 1}"
-        raise InvalidManifestError(key, reason, line=lineno) from None
+        raise InvalidManifestError(key=key, reason=reason, line=lineno) from None
     except RecursionError:
-        raise InvalidManifestError(key, "invalid JSON: nested too deeply", line=lineno) from None
+        raise InvalidManifestError(
+            key=key, reason="invalid JSON: nested too deeply", line=lineno
+        ) from None
     except ValueError as exc:  # NaN/Infinity, float overflow, integer with too many digits
-        raise InvalidManifestError(key, f"invalid JSON: {exc}", line=lineno) from None
+        raise InvalidManifestError(key=key, reason=f"invalid JSON: {exc}", line=lineno) from None
     if end != len(text) and text[end:].strip(_WS):
         reason = f"invalid JSON: extra data after the object at column {end + 1}"
-        raise InvalidManifestError(key, reason, line=lineno)
+        raise InvalidManifestError(key=key, reason=reason, line=lineno)
     if type(obj) is not dict:
         reason = f"expected a JSON object, got {_JSON_TYPE_NAMES.get(type(obj), 'a value')}"
-        raise InvalidManifestError(key, reason, line=lineno)
+        raise InvalidManifestError(key=key, reason=reason, line=lineno)
     problem = _check_fields(obj)
     if problem is not None:
-        raise InvalidManifestError(key, problem, line=lineno)
+        raise InvalidManifestError(key=key, reason=problem, line=lineno)
     return cast("ManifestEntry", obj)
 
 
@@ -294,7 +296,7 @@ def _stream_lines(
                 for part in parts:
                     lineno += 1
                     if len(part) > max_line_bytes:
-                        raise InvalidManifestError(key, too_long, line=lineno)
+                        raise InvalidManifestError(key=key, reason=too_long, line=lineno)
                     yield part
             else:
                 lineno += len(parts)
@@ -303,7 +305,7 @@ def _stream_lines(
             pending.append(tail)
             pending_len += len(tail)
             if pending_len > max_line_bytes:
-                raise InvalidManifestError(key, too_long, line=lineno + 1)
+                raise InvalidManifestError(key=key, reason=too_long, line=lineno + 1)
     if pending:
         yield b"".join(pending)
 
@@ -375,7 +377,7 @@ def validate_entry(
     where = "" if index is None else f"entries[{index}]: "
     if not isinstance(entry, Mapping):
         reason = f"{where}expected a mapping, got {_show(entry)}"
-        raise InvalidManifestError(key, reason, line=line)
+        raise InvalidManifestError(key=key, reason=reason, line=line)
     result: dict[str, Any] = dict(entry)
     problem = _check_fields(result)
     if problem is None:
@@ -387,7 +389,7 @@ def validate_entry(
             if problem is not None:
                 break
     if problem is not None:
-        raise InvalidManifestError(key, where + problem, line=line)
+        raise InvalidManifestError(key=key, reason=where + problem, line=line)
     return cast("ManifestEntry", result)
 
 
@@ -401,7 +403,7 @@ def dumps_entry(entry: Mapping[str, Any]) -> bytes:
     try:
         text = _ENCODER.encode(obj)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidManifestError(None, f"cannot serialise entry: {exc}") from None
+        raise InvalidManifestError(key=None, reason=f"cannot serialise entry: {exc}") from None
     try:
         return (text + "\n").encode("utf-8")
     except UnicodeEncodeError:
@@ -466,12 +468,13 @@ def walk_graph(
             problem = None
             if child in open_keys:
                 chain = " -> ".join(str(k) for k in (*open_keys, child))
-                problem = InvalidManifestError(child, f"manifest_ref cycle: {chain}")
+                problem = InvalidManifestError(key=child, reason=f"manifest_ref cycle: {chain}")
             elif child in seen:
                 continue  # a diamond: its entries were walked at its first reference
             elif len(stack) > MAX_REF_DEPTH:
                 problem = InvalidManifestError(
-                    key, f"manifest_ref nesting deeper than {MAX_REF_DEPTH} levels from {root!r}"
+                    key=key,
+                    reason=f"manifest_ref nesting deeper than {MAX_REF_DEPTH} levels from {root!r}",
                 )
             if problem is not None:
                 if on_error is None:

@@ -130,7 +130,9 @@ class MultipartWriter(io.RawIOBase):
         if number is None:  # parts 2.. when part 1 is the held head
             number = len(self._parts) + len(self._pending) + 1 + (1 if self._hold else 0)
         if number > MAX_PARTS:
-            raise UploadError(self._display_key, f"more than {MAX_PARTS} parts; raise part_size")
+            raise UploadError(
+                key=self._display_key, reason=f"more than {MAX_PARTS} parts; raise part_size"
+            )
         while len(self._pending) >= 2 * self._concurrency:
             self._collect(FIRST_COMPLETED)
         assert self._pool is not None
@@ -160,7 +162,7 @@ class MultipartWriter(io.RawIOBase):
         try:
             return request()
         except (ClientError, BotoCoreError) as exc:
-            raise UploadError(self._display_key, f"{what}: {exc}") from exc
+            raise UploadError(key=self._display_key, reason=f"{what}: {exc}") from exc
 
     def close(self) -> None:
         """Upload what is left and complete the upload; on failure abort and raise."""

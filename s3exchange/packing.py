@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, cast
 
-from .errors import ManifestNotFoundError, S3ExchangeError, ShardReadError
+from .errors import ManifestNotFoundError, PackConflictError, PackError, ShardReadError
 from .keys import LiteralKey
 from .samples import sample_key, split_items
 from .shard_format import CHECKSUM_FIELDS, hexdigest, new_digest
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
     from .store import S3ExchangeStore
 
 __all__ = [
-    "PackConflictError",
-    "PackError",
     "PackProgress",
     "PackReport",
     "PlannedShard",
@@ -82,29 +80,6 @@ CHANGED_HINT = (
     "The source directory or the split options (max entries, max bytes, compression) changed "
     "since the manifest was written: pack into a new manifest and prefix instead"
 )
-
-
-class PackError(S3ExchangeError):
-    """The pack job cannot start: no source directory, no files, or bad options."""
-
-
-class PackConflictError(S3ExchangeError):
-    """What the manifest or bucket holds disagrees with this plan; nothing is mixed."""
-
-    def __init__(
-        self,
-        problems: Sequence[str] | str = (),
-        hint: str | None = None,
-        *,
-        message: str | None = None,
-    ) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        self.hint = hint
-        if message is None:
-            shown = "; ".join(self.problems[:2])
-            more = f" (+{len(self.problems) - 2} more)" if len(self.problems) > 2 else ""
-            message = f"{shown}{more}" + (f". {hint}" if hint else "")
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +298,7 @@ def reconcile(
                 )
             tasks.append(ShardTask(shard, "skip", entries[0]))
     if problems:
-        raise PackConflictError(problems, CHANGED_HINT)
+        raise PackConflictError(problems=problems, hint=CHANGED_HINT)
     return tasks
 
 
@@ -781,7 +756,7 @@ def pack(
         )
         _execute(run, codec, jobs)
         if run.problems:
-            raise PackConflictError(run.problems, CHANGED_HINT)
+            raise PackConflictError(problems=run.problems, hint=CHANGED_HINT)
         part = _finish(store, manifest_key, plan)
         if part is not None:
             report["parts"].append(part)

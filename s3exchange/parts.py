@@ -76,7 +76,7 @@ def append_part(
             log.debug("lost the race to update %r (attempt %d)", root_key, attempt)
             time.sleep(_ROOT_RETRY.delay(attempt))
     raise ConcurrentModificationError(
-        root_key, f"root manifest still contended after {MAX_ROOT_ATTEMPTS} attempts"
+        key=root_key, reason=f"root manifest still contended after {MAX_ROOT_ATTEMPTS} attempts"
     )
 
 
@@ -108,8 +108,8 @@ def require_conditional_writes(bucket: Bucket, near_key: str) -> None:
         _PROBED[cache_key] = supported
     if not supported:
         raise ConcurrentModificationError(
-            near_key,
-            "this S3 server ignores conditional writes (If-None-Match / If-Match), so "
+            key=near_key,
+            reason="this S3 server ignores conditional writes (If-None-Match / If-Match), so "
             "concurrent append_parts writers could lose parts; build the store with "
             "conditional_writes='off' if only one writer appends at a time",
         )

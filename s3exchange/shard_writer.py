@@ -493,8 +493,8 @@ class ShardWriter:
         key = self._archive_key(self._index)
         if self._update_mode == "append_parts" and self._store.exists(key):
             raise ShardWriteError(
-                key,
-                "already exists; appending must not replace a shard an earlier part lists "
+                archive_key=key,
+                reason="already exists; appending must not replace a shard an earlier part lists "
                 "(give this run its own start_index or a placeholder in the pattern)",
             )
         self._index += 1

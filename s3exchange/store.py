@@ -239,7 +239,7 @@ class S3ExchangeStore:
             raise
         if member is None:
             members.close()
-            raise ObjectNotFoundError(virtual_key(archive_key, member_path))
+            raise ObjectNotFoundError(key=virtual_key(archive_key, member_path))
         return inner_stream(
             member.entry["key"], member.stream.read, member.stream.size, members.close
         )
@@ -360,7 +360,7 @@ class S3ExchangeStore:
         try:
             stream = self._stream(key)
         except ObjectNotFoundError:
-            raise ManifestNotFoundError(key, self.bucket) from None
+            raise ManifestNotFoundError(key=key, bucket=self.bucket) from None
         with stream:
             yield from manifest.iter_entries_from_stream(stream, key=key)
 
@@ -465,7 +465,7 @@ class S3ExchangeStore:
             yield cast(IO[bytes], member.stream), {**wanted.pop(member.entry["member_path"])}
         if wanted:
             missing = next(iter(wanted))
-            raise ObjectNotFoundError(virtual_key(archive, missing))
+            raise ObjectNotFoundError(key=virtual_key(archive, missing))
 
     def open_file_entry(self, entry: FileEntry, *, verify: bool | None = None) -> IO[bytes]:
         """Open a file entry, checking it against the manifest's etag, size and sha256.
@@ -482,11 +482,13 @@ class S3ExchangeStore:
         etag = entry.get("etag")
         if etag and stream.etag and etag.strip('"') != stream.etag.strip('"'):
             stream.close()
-            raise IntegrityError(key, f"ETag is {stream.etag}, manifest says {etag}")
+            raise IntegrityError(key=key, reason=f"ETag is {stream.etag}, manifest says {etag}")
         size = entry.get("size_bytes")
         if size is not None and stream.size is not None and size != stream.size:
             stream.close()
-            raise IntegrityError(key, f"size is {stream.size} bytes, manifest says {size}")
+            raise IntegrityError(
+                key=key, reason=f"size is {stream.size} bytes, manifest says {size}"
+            )
         return cast(IO[bytes], CheckedStream(stream, size, entry.get("sha256")))
 
     def read_file_entry(self, entry: FileEntry, *, verify: bool | None = None) -> bytes:
@@ -507,13 +509,13 @@ class S3ExchangeStore:
             return data
         etag = entry.get("etag")
         if etag and got_etag and etag.strip('"') != got_etag.strip('"'):
-            raise IntegrityError(key, f"ETag is {got_etag}, manifest says {etag}")
+            raise IntegrityError(key=key, reason=f"ETag is {got_etag}, manifest says {etag}")
         size = entry.get("size_bytes")
         if size is not None and size != len(data):
-            raise IntegrityError(key, f"size is {len(data)} bytes, manifest says {size}")
+            raise IntegrityError(key=key, reason=f"size is {len(data)} bytes, manifest says {size}")
         sha256 = entry.get("sha256")
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-            raise IntegrityError(key, "sha256 does not match the manifest")
+            raise IntegrityError(key=key, reason="sha256 does not match the manifest")
         return data
 
     def iter_shard_members(
@@ -549,8 +551,8 @@ class S3ExchangeStore:
         if listed and stream.etag and listed.strip('"') != stream.etag.strip('"'):
             stream.close()
             raise ObjectChangedError(
-                key,
-                listed,
+                key=key,
+                etag=listed,
                 reason=f"was replaced since the manifest listed it (its ETag is {stream.etag})",
             )
         return stream
@@ -574,7 +576,9 @@ class S3ExchangeStore:
                 problem = _member_path_problem(member["member_path"])
                 if problem is not None:
                     raise ShardReadError(
-                        key, f"internal manifest: {problem}", member_path=member["member_path"]
+                        archive_key=key,
+                        reason=f"internal manifest: {problem}",
+                        member_path=member["member_path"],
                     )
                 yield member
 
@@ -602,7 +606,7 @@ class S3ExchangeStore:
         resolved = self.resolve(archive_key, vars)
         items = list(shard_items)
         if not items:
-            raise ShardWriteError(resolved, "no items")
+            raise ShardWriteError(archive_key=resolved, reason="no items")
         content_type = "application/gzip" if compression else "application/x-tar"
         writer = self._writer(resolved, content_type)
         with writer:
@@ -757,7 +761,9 @@ class S3ExchangeStore:
         """
         resolved = self.resolve(prefix, vars)
         if not resolved.strip("/"):
-            raise InvalidKeyError(resolved, "name the prefix whose stale uploads to abort")
+            raise InvalidKeyError(
+                key=resolved, reason="name the prefix whose stale uploads to abort"
+            )
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
         stale = [u for u in self.list_uploads(resolved) if u.initiated <= cutoff]
         if not dry_run:

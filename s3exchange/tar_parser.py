@@ -66,11 +66,13 @@ class _GzipChunks:
             try:
                 out = self._inflater.decompress(data, self._read_size)
             except zlib.error as exc:
-                raise ShardReadError(self._archive_key, f"corrupt gzip stream: {exc}") from exc
+                raise ShardReadError(
+                    archive_key=self._archive_key, reason=f"corrupt gzip stream: {exc}"
+                ) from exc
             if out:
                 return out
             if not data and not self._inflater.eof:
-                raise ShardReadError(self._archive_key, "truncated gzip stream")
+                raise ShardReadError(archive_key=self._archive_key, reason="truncated gzip stream")
 
     def _next_input(self) -> bytes | None:
         """Compressed bytes to feed next: b"" lets the inflater flush at the end of the source,
@@ -86,7 +88,7 @@ class _GzipChunks:
                     return b""
                 if self._members:
                     return None
-                raise ShardReadError(self._archive_key, "empty gzip stream")
+                raise ShardReadError(archive_key=self._archive_key, reason="empty gzip stream")
             if not self._started and self._members:
                 data = data.lstrip(b"\0")  # zero padding between members, as gzip tolerates
                 if not data:
@@ -160,7 +162,7 @@ class TarReader:
         self.last_member: str | None = None
 
     def error(self, reason: str, member_path: str | None = None) -> ShardReadError:
-        return ShardReadError(self.archive_key, reason, member_path)
+        return ShardReadError(archive_key=self.archive_key, reason=reason, member_path=member_path)
 
     def _after(self) -> str:
         return f" (after member {self.last_member!r})" if self.last_member is not None else ""

@@ -40,7 +40,9 @@ def _manifest_entry(obj: Any, archive_key: str, line: int) -> FileEntry:
     """Check one parsed internal manifest line; ``member_path`` defaults to ``key``."""
 
     def bad(reason: str) -> ShardReadError:
-        return ShardReadError(archive_key, f"internal manifest line {line}: {reason}")
+        return ShardReadError(
+            archive_key=archive_key, reason=f"internal manifest line {line}: {reason}"
+        )
 
     if not isinstance(obj, dict) or obj.get("kind") != "file":
         raise bad("not a file entry")
@@ -65,10 +67,12 @@ def _parse_line(text: bytes, archive_key: str, line: int) -> FileEntry:
     try:
         obj = json.loads(text)
     except ValueError as exc:
-        raise ShardReadError(archive_key, f"internal manifest line {line}: {exc}") from None
+        raise ShardReadError(
+            archive_key=archive_key, reason=f"internal manifest line {line}: {exc}"
+        ) from None
     except RecursionError:
         reason = f"internal manifest line {line}: JSON nested too deeply"
-        raise ShardReadError(archive_key, reason) from None
+        raise ShardReadError(archive_key=archive_key, reason=reason) from None
     return _manifest_entry(obj, archive_key, line)
 
 

@@ -121,7 +121,9 @@ def _read_source(
         return read(n)
     except OSError as exc:
         raise ShardWriteError(
-            archive_key, f"reading the source failed: {exc}", member_path
+            archive_key=archive_key,
+            reason=f"reading the source failed: {exc}",
+            member_path=member_path,
         ) from exc
 
 
@@ -152,19 +154,23 @@ def _check_item(item: ShardItem, archive_key: str, seen: set[str]) -> None:
     """Reject a member path that is unsafe, reserved or repeated, before anything is read."""
     path = item.get("member_path")
     if not isinstance(path, str):
-        raise ShardWriteError(archive_key, f"member_path must be a str, got {path!r}")
+        raise ShardWriteError(
+            archive_key=archive_key, reason=f"member_path must be a str, got {path!r}"
+        )
     problem = member_path_problem(path)
     if problem is None and path == INTERNAL_MANIFEST_PATH:
         problem = "member path is reserved for the internal manifest"
     if problem is None and path in seen:
         problem = "duplicate member path"
     if problem is not None:
-        raise ShardWriteError(archive_key, problem, path)
+        raise ShardWriteError(archive_key=archive_key, reason=problem, member_path=path)
     declared = item.get("size_bytes")
     if declared is not None and (
         not isinstance(declared, int) or isinstance(declared, bool) or declared < 0
     ):
-        raise ShardWriteError(archive_key, f"invalid size_bytes {declared!r}", path)
+        raise ShardWriteError(
+            archive_key=archive_key, reason=f"invalid size_bytes {declared!r}", member_path=path
+        )
     seen.add(path)
 
 
@@ -201,7 +207,9 @@ def _plan(item: ShardItem, archive_key: str, chunk_size: int) -> _Planned:
     declared = item.get("size_bytes")
     if declared is not None and declared != size:
         raise ShardWriteError(
-            archive_key, f"size_bytes says {declared} but the source has {size} bytes", path
+            archive_key=archive_key,
+            reason=f"size_bytes says {declared} but the source has {size} bytes",
+            member_path=path,
         )
     entry: FileEntry = {"kind": "file", "key": path, "member_path": path}
     if item.get("id") is not None:
@@ -223,13 +231,15 @@ def _encode_manifest(plans: Sequence[_Planned], archive_key: str) -> bytes:
                 plan.entry, ensure_ascii=False, separators=(",", ":"), allow_nan=False
             )
         except (TypeError, ValueError) as exc:
-            raise ShardWriteError(archive_key, f"entry is not JSON: {exc}", plan.path) from exc
+            raise ShardWriteError(
+                archive_key=archive_key, reason=f"entry is not JSON: {exc}", member_path=plan.path
+            ) from exc
         lines.append(line.encode("utf-8") + b"\n")
     data = b"".join(lines)
     if len(data) > MAX_INTERNAL_MANIFEST_BYTES:
         raise ShardWriteError(
-            archive_key,
-            f"internal manifest of {len(data)} bytes exceeds {MAX_INTERNAL_MANIFEST_BYTES}",
+            archive_key=archive_key,
+            reason=f"internal manifest of {len(data)} bytes exceeds {MAX_INTERNAL_MANIFEST_BYTES}",
         )
     return data
 
@@ -259,20 +269,28 @@ def _exact_chunks(
     while remaining:
         chunk = _read_source(read, min(chunk_size, remaining), archive_key, plan.path)
         if not chunk or len(chunk) > remaining:
-            got = plan.size - remaining + len(chunk)
+            got = f"{'at least ' if chunk else ''}{plan.size - remaining + len(chunk)}"
             raise ShardWriteError(
-                archive_key,
-                f"source gave {'at least ' if chunk else ''}{got} bytes, expected {plan.size}",
-                plan.path,
+                archive_key=archive_key,
+                reason=f"source gave {got} bytes, expected {plan.size}",
+                member_path=plan.path,
             )
         if hasher is not None:
             hasher.update(chunk)
         remaining -= len(chunk)
         yield chunk
     if _read_source(read, 1, archive_key, plan.path):
-        raise ShardWriteError(archive_key, f"source has more than {plan.size} bytes", plan.path)
+        raise ShardWriteError(
+            archive_key=archive_key,
+            reason=f"source has more than {plan.size} bytes",
+            member_path=plan.path,
+        )
     if hasher is not None and hexdigest(hasher) != plan.checksum:
-        raise ShardWriteError(archive_key, "source changed after it was hashed", plan.path)
+        raise ShardWriteError(
+            archive_key=archive_key,
+            reason="source changed after it was hashed",
+            member_path=plan.path,
+        )
 
 
 def _member_chunks(

@@ -318,7 +318,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         what = f"a pack into {root!r} has not finished ({side!r} lists its shards so far)"
         if not self._allow_unfinished:
             raise InvalidManifestError(
-                root, f"{what}; {UNFINISHED_HINT}, or pass allow_unfinished=True to read it"
+                key=root,
+                reason=f"{what}; {UNFINISHED_HINT}, or pass allow_unfinished=True to read it",
             )
         log.warning("%s; reading what it wrote", what)
         return LiteralKey(side) if side != root and not store.exists(root) else key

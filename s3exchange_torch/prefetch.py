@@ -246,12 +246,12 @@ class SampleTooLargeError(S3ExchangeError):
 
     def __init__(
         self,
+        message: str | None = None,
+        *,
         key: str | None = None,
         size: int | None = None,
         limit: int | None = None,
         member_path: str | None = None,
-        *,
-        message: str | None = None,
     ) -> None:
         self.key = key
         self.size = size
@@ -279,13 +279,13 @@ def _read_file(store: S3ExchangeStore, entry: FileEntry, verify: bool | None, li
     member = entry.get("member_path") if "archive_key" in entry else None
     key = entry["archive_key"] if member else entry["key"]
     if size is not None and size > limit:
-        raise SampleTooLargeError(key, size, limit, member)
+        raise SampleTooLargeError(key=key, size=size, limit=limit, member_path=member)
     if size is not None and member is None:
         return store.read_file_entry(entry, verify=verify)
     with store.open_file_entry(entry, verify=verify) as stream:
         size = getattr(stream, "size", None)
         if size is not None and size > limit:
-            raise SampleTooLargeError(key, size, limit, member)
+            raise SampleTooLargeError(key=key, size=size, limit=limit, member_path=member)
         return stream.read()
 
 
@@ -294,7 +294,9 @@ def _member_data(member: ShardMember, archive_key: str, limit: int) -> bytes:
     before any of it is read when it exceeds ``limit``."""
     size = member.stream.size
     if size > limit:
-        raise SampleTooLargeError(archive_key, size, limit, member.stream.member_path)
+        raise SampleTooLargeError(
+            key=archive_key, size=size, limit=limit, member_path=member.stream.member_path
+        )
     return member.read()
 
 
@@ -324,7 +326,9 @@ def _shard_members(
     finally:
         members.close()  # closes the GET body without reading the rest of the archive
     if remaining and not stop.is_set():
-        raise ShardReadError(entry["archive_key"], f"ended {remaining} members short of the plan")
+        raise ShardReadError(
+            archive_key=entry["archive_key"], reason=f"ended {remaining} members short of the plan"
+        )
     if chunk:
         yield chunk
 
@@ -399,7 +403,9 @@ def _shard_groups(
         chunk.append((sample, entries))
         remaining -= 1
     if remaining and not stop.is_set():
-        raise ShardReadError(archive, f"ended {remaining} samples short of the plan")
+        raise ShardReadError(
+            archive_key=archive, reason=f"ended {remaining} samples short of the plan"
+        )
     if chunk:
         yield chunk
 

@@ -76,7 +76,11 @@ def _groups(paths: Iterable[str], archive_key: str) -> tuple[int, str | None, st
             first = key if first is None else first
             fields = set()
         if field in fields:
-            raise ShardReadError(archive_key, f"sample {key!r} repeats field {field!r}", path)
+            raise ShardReadError(
+                archive_key=archive_key,
+                reason=f"sample {key!r} repeats field {field!r}",
+                member_path=path,
+            )
         fields.add(field)
     return count, first, current
 
@@ -88,7 +92,7 @@ def _group_loose(units: list[Unit], entry: FileEntry, key: str, field: str) -> b
         return False
     if any(_split(other)[1] == field for other in previous):
         raise InvalidManifestError(
-            None, f"sample {key!r} repeats field {field!r} among consecutive loose files"
+            key=None, reason=f"sample {key!r} repeats field {field!r} among consecutive loose files"
         )
     units[-1] = (*previous, entry)
     return True
@@ -133,7 +137,7 @@ def resolve_units(
             units.append(entry)
             counts.append(count)
         else:  # pragma: no cover - references are resolved by _entries
-            raise InvalidManifestError(None, f"unexpected entry kind {entry['kind']!r}")
+            raise InvalidManifestError(key=None, reason=f"unexpected entry kind {entry['kind']!r}")
     if to_read:
         shards: list[ShardEntry] = [units[i] for i in to_read]  # type: ignore[misc]
         bounds: dict[int, tuple[str | None, str | None]] = {}

@@ -46,7 +46,7 @@ class Server:
     def __call__(self, offset: int, etag: str | None) -> OpenedBody:
         self.requests.append((offset, etag))
         if etag is not None and etag != self.etag:
-            raise ObjectChangedError("k", etag)
+            raise ObjectChangedError(key="k", etag=etag)
         fail_after = 1000 if len(self.requests) <= self.breaks else None
         body = FlakyBody(DATA[offset:], fail_after, self.truncate)
         return OpenedBody(body=body, size=len(DATA), etag=self.etag)

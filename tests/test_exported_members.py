@@ -37,6 +37,8 @@ S3EXCHANGE = [
     "ObjectChangedError",
     "ObjectNotFoundError",
     "ObjectStream",
+    "PackConflictError",
+    "PackError",
     "ReadInterruptedError",
     "RetryPolicy",
     "S3ExchangeError",

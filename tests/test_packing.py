@@ -12,10 +12,8 @@ import crc32c
 import pytest
 
 from s3exchange import S3ExchangeStore, ShardEntry, ShardItem, UploadError
-from s3exchange.errors import ManifestNotFoundError
+from s3exchange.errors import ManifestNotFoundError, PackConflictError, PackError
 from s3exchange.packing import (
-    PackConflictError,
-    PackError,
     PlannedShard,
     SourceFile,
     default_prefix,
@@ -195,7 +193,7 @@ class MemoryStore:
 
     def iter_manifest_entries(self, key: str, resolve_refs: bool = True) -> Iterator[Any]:
         if key not in self.manifests:
-            raise ManifestNotFoundError(key)
+            raise ManifestNotFoundError(key=key)
         for n, part in enumerate(self.manifests[key], 1):
             if resolve_refs:
                 yield from part
@@ -216,7 +214,7 @@ class MemoryStore:
 
     def put_shard_archive(self, key: str, items: list[ShardItem], compression: Any = None) -> Shard:
         if key in self.fail:
-            raise UploadError(key, "injected failure")
+            raise UploadError(key=key, reason="injected failure")
         sizes = [(i["member_path"], i["size_bytes"], _crc32c(i["source"])) for i in items]
         size = 512 * (len(items) + 2) + sum(s for _, s, _ in sizes)
         with self.lock:

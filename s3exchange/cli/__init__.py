@@ -27,12 +27,13 @@ from ..errors import (
     InvalidManifestError,
     MissingPlaceholderError,
     ObjectNotFoundError,
+    PackConflictError,
+    PackError,
     S3ExchangeError,
     ShardReadError,
     ShardWriteError,
     StorageError,
 )
-from ..packing import PackConflictError, PackError
 from ..store import STALE_UPLOAD_SECONDS
 from ._common import (
     CliError,

@@ -110,7 +110,7 @@ def _cat_member(store: S3ExchangeStore, archive: str, member: str, out: IO[bytes
             out.write(chunk)
         out.flush()
         return  # the rest of the archive is not read
-    raise ObjectNotFoundError(f"{archive}#{member}", store.bucket)
+    raise ObjectNotFoundError(key=f"{archive}#{member}", bucket=store.bucket)
 
 
 def cmd_manifest_show(args: argparse.Namespace) -> int:

@@ -35,8 +35,9 @@ from s3exchange import (
     ShardReadError,
     StorageError,
 )
+from s3exchange.errors import PackConflictError
 from s3exchange.manifest import MAX_REF_DEPTH
-from s3exchange.packing import PackConflictError, pack
+from s3exchange.packing import pack
 from s3exchange.store import RECONNECT_SECONDS
 from s3exchange.testing import start_seaweedfs
 from s3exchange_torch import S3ExchangeIterableDataset
