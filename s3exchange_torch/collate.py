@@ -91,13 +91,14 @@ class PackedBatch:
     ``batch[i]`` is ``(tensor view, extra)``; :meth:`tobytes` copies one sample out.
     """
 
-    __slots__ = ("_slab", "data", "extras", "offsets")
+    __slots__ = ("_segment", "_slab", "data", "extras", "offsets")
 
     def __init__(self, data: torch.Tensor, offsets: list[int], extras: list[Any]) -> None:
         self.data = data
         self.offsets = offsets
         self.extras = extras
         self._slab: _Slab | None = None  # the worker's slab that ``data`` lies in
+        self._segment: SharedBytes | None = None  # or memory of this batch's own
 
     def __len__(self) -> int:
         return len(self.extras)
@@ -120,6 +121,8 @@ class PackedBatch:
     def __reduce__(self) -> tuple[Any, ...]:
         slab = self._slab
         if slab is None or slab.pid != os.getpid():
+            if self._segment is not None:
+                return _over_segment, (self._segment, self.offsets, self.extras)
             return PackedBatch, (self.data, self.offsets, self.extras)
         retired, slab.pool.retired = slab.pool.retired, []
         if slab.header[_MAPPED]:  # the consumer holds the slab mapped: its token suffices
@@ -252,6 +255,11 @@ def _from_slab(
     return _over(slab, header, offsets, extras)
 
 
+def _over_segment(shared: SharedBytes, offsets: list[int], extras: list[Any]) -> PackedBatch:
+    """Unpickling a batch that came in memory of its own (every slab was held)."""
+    return PackedBatch(shared.data[: offsets[-1]], offsets, extras)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -269,17 +277,20 @@ def pack_bytes(batch: Sequence[tuple[bytes, Any]]) -> PackedBatch:
     extras = [extra for _, extra in batch]
     in_worker = get_worker_info() is not None
     slab = _pool().lease(offsets[-1], shared=in_worker)
+    segment = None
     if slab is None:  # every slab held by the consumer: a segment of this batch's own
         if in_worker:
-            storage = torch.UntypedStorage._new_shared(offsets[-1])  # type: ignore[no-untyped-call]
-            packed = torch.empty(0, dtype=torch.uint8).set_(storage)
+            segment = SharedBytes(max(1, offsets[-1]), lasting=False)
+            packed = segment.data[: offsets[-1]]
         else:
             packed = torch.empty(offsets[-1], dtype=torch.uint8)
     else:
         packed = slab.tensor[_HEADER : _HEADER + offsets[-1]]
     copy_packed(datas, packed, offsets)
     if slab is None:
-        return PackedBatch(packed, offsets, extras)
+        result = PackedBatch(packed, offsets, extras)
+        result._segment = segment
+        return result
     if not in_worker:  # consumed in this process: hand it over as the consumer does
         return _over(slab.tensor, slab.header, offsets, extras)
     result = PackedBatch(packed, offsets, extras)

@@ -10,7 +10,8 @@ allocated only as they are first written.
 
 It crosses processes as (process id, descriptor), and the receiver opens
 ``/proc/<pid>/fd/<fd>``: the sender keeps its descriptor open as long as it uses the memory,
-which slabs and rings do. ``multiprocessing``'s ``DupFd`` (what torch's tensors use) costs a
+which slabs and rings do (memory sent once and dropped says ``lasting=False``).
+``multiprocessing``'s ``DupFd`` (what torch's tensors use) costs a
 round trip to a listener thread in the sender, which waits for the GIL while that process
 collates its next batch: 2-9 ms to pickle and 3-90 ms to unpickle the first batch's slab here
 (2 cores, idle to loaded), against 0.05 ms through ``/proc``. ``DupFd`` remains where there is
@@ -34,17 +35,20 @@ __all__ = ["SharedBytes"]
 class SharedBytes:
     """``size`` bytes of shared memory; :attr:`data` is a uint8 tensor over all of them."""
 
-    def __init__(self, size: int, fd: int | None = None) -> None:
+    def __init__(self, size: int, fd: int | None = None, *, lasting: bool = True) -> None:
+        """``lasting``: this process keeps the memory while a receiver may still open it;
+        otherwise it travels as a ``DupFd``, which holds a duplicate until it is received."""
         if fd is None:
             fd = _anonymous_fd(size)
         self.size = size
+        self.lasting = lasting
         self._fd = fd
         self._map = mmap.mmap(fd, size)  # holds its own duplicate of the descriptor
         weakref.finalize(self, os.close, fd)
         self.data = torch.frombuffer(self._map, dtype=torch.uint8)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if _PROC_FD:
+        if _PROC_FD and self.lasting:
             return _reopen, (os.getpid(), self._fd, self.size)
         return _attach, (DupFd(self._fd), self.size)
 

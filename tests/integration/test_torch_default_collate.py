@@ -10,6 +10,7 @@ still give ``(data, entry)`` samples, and ``StatefulDataLoader`` resumes exactly
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 import uuid
 from collections import Counter
@@ -118,6 +119,26 @@ def test_views_kept_past_their_batch_are_never_overwritten(corpus: Corpus) -> No
         assert bytes(view.numpy()) == corpus.data[sample_id][1:]
     mapped = collate_module._mapped  # white box: the main process maps each slab once
     assert 0 < len(mapped) <= 2 * MAX_SLABS
+
+
+def test_batches_held_past_every_slab_come_in_memory_of_their_own(corpus: Corpus) -> None:
+    """Holding every batch: after MAX_SLABS the worker packs into one-off nameless memory,
+    and nothing is left in /dev/shm."""
+    before = _shm_files()
+    loader = DataLoader(make(corpus, seed=3), batch_size=4, num_workers=1)
+    held = list(loader)
+    assert len(held) > 2 * MAX_SLABS
+    got: dict[str, bytes] = {}
+    for batch in held:
+        got |= unpack(batch)
+    assert got == corpus.data
+    del held, loader
+    gc.collect()
+    assert _shm_files() <= before
+
+
+def _shm_files() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
 def test_a_received_batch_pickles_as_a_copy(corpus: Corpus) -> None:
