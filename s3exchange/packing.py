@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, cast
 
 from .errors import ManifestNotFoundError, PackConflictError, PackError, ShardReadError
 from .keys import LiteralKey
-from .samples import sample_key, split_items
+from .samples import entry_id, sample_key, split_items
 from .shard_format import CHECKSUM_FIELDS, hexdigest, new_digest
 from .store import STALE_UPLOAD_SECONDS
 from .types import Compression, FileEntry, ShardEntry, ShardItem
@@ -59,7 +59,6 @@ __all__ = [
     "SourceFile",
     "default_prefix",
     "describe_skipped",
-    "member_id",
     "pack",
     "plan_shards",
     "reconcile",
@@ -161,12 +160,6 @@ class PackProgress(Protocol):
 # -- planning (pure) ---------------------------------------------------------------------------
 
 
-def member_id(member_path: str) -> str:
-    """The ``id`` of a packed file: its member path without the last extension."""
-    stem, _ = posixpath.splitext(member_path)
-    return stem or member_path
-
-
 def default_prefix(manifest_key: str) -> str:
     """Where shards go by default: ``<manifest directory>/shards``."""
     directory = posixpath.dirname(manifest_key)
@@ -211,7 +204,7 @@ def _item(f: SourceFile) -> ShardItem:
     return {
         "source": f.path,
         "member_path": f.member_path,
-        "id": member_id(f.member_path),
+        "id": entry_id(f.member_path),
         "size_bytes": f.size,
     }
 

@@ -4,10 +4,29 @@
 :func:`split_items` cuts items into shard-sized batches without splitting a sample (also
 :meth:`Shard.split_items`, next to :class:`Shard`, an uploaded shard's entry and members). No I/O
 beyond sizing a path source (``os.path.getsize``) when ``max_bytes`` asks for it.
+
+Names taken from a path, all written here and nowhere else. Two meanings, two names:
+
+============================  ==========================  ======================================
+``a/b/x.seg.png`` gives       rule                        used for
+============================  ==========================  ======================================
+``sample_key``: ``a/b/x``     up to the first dot of the  the webdataset sample a file belongs
+(``key_and_field`` adds the   basename (webdataset's      to: ``group_by="key"``, and the files
+field ``seg.png``)            ``base_plus_ext``)          a shard never splits
+``entry_id``: ``a/b/x.seg``   without the last extension  the ``id`` of a file's manifest entry:
+                              (``posixpath.splitext``)    ``pack`` gives it the member path's,
+                                                          ``put_object`` the key's basename's
+                                                          (``x.seg``; ``infer_id=`` replaces it)
+============================  ==========================  ======================================
+
+An ``id`` labels one file and keeps every dot but the extension's (``2024.01.05.wav`` is
+``2024.01.05``); a sample key groups files, so ``x.jpg`` and ``x.json`` share ``x``. A path
+without an extension is its own id and its own sample key.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +34,7 @@ from dataclasses import dataclass
 from .tar_writer import item_size
 from .types import FileEntry, ShardEntry, ShardItem
 
-__all__ = ["Shard", "key_and_field", "sample_key", "split_items"]
+__all__ = ["Shard", "entry_id", "key_and_field", "sample_key", "split_items"]
 
 _KEY_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 """webdataset's ``base_plus_ext``: key up to the first dot of the basename, then the field."""
@@ -37,6 +56,13 @@ def sample_key(member_path: str) -> str:
     """The webdataset sample ``member_path`` belongs to; a path without extension is its own."""
     split = key_and_field(member_path)
     return split[0] if split else member_path
+
+
+def entry_id(path: str) -> str:
+    """The default ``id`` of a file entry: ``path`` without its last extension (a dotfile, or a
+    name without an extension, is its own id)."""
+    stem, _ = posixpath.splitext(path)
+    return stem or path
 
 
 def split_items(

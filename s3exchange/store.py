@@ -31,7 +31,7 @@ from .errors import (
 )
 from .keys import KeySpace, LiteralKey, resolve_template, split_virtual_key, virtual_key
 from .multipart import DEFAULT_PART_SIZE, MultipartWriter
-from .samples import Shard
+from .samples import Shard, entry_id
 from .settings import redact_secrets_in_logs
 from .shard_format import member_path_problem as _member_path_problem
 from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter, shard_compression
@@ -86,11 +86,9 @@ class PendingUpload:
 
 
 def id_from_key(key: str) -> str:
-    """Default ``id`` of an entry (``S3ExchangeStore(infer_id=)`` replaces it): the key's
-    basename without its extension."""
-    base = posixpath.basename(key)
-    stem, _, _ = base.partition(".")
-    return stem or base
+    """Default ``id`` of a stored object's entry (``S3ExchangeStore(infer_id=)`` replaces it):
+    the :func:`~s3exchange.samples.entry_id` of the key's basename (``a/x.seg.png``: ``x.seg``)."""
+    return entry_id(posixpath.basename(key))
 
 
 class S3ExchangeStore:

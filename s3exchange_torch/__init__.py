@@ -5,11 +5,14 @@ across data-parallel ranks and DataLoader workers, shuffled reproducibly, and re
 mid-epoch with ``torchdata``'s ``StatefulDataLoader``. See :mod:`s3exchange_torch.dataset`.
 """
 
+from s3exchange.samples import key_and_field
+
 from .collate import PackedBatch, Sample, pack_bytes
 from .dataset import S3ExchangeIterableDataset, SampleTooLargeError
 from .loader import LoaderWorkerError, S3ExchangeLoader, collate_into
+from .mixing import Source
 from .plan import Balance, EpochPlan, Segment
-from .units import GroupBy, sample_key
+from .units import GroupBy
 
 __all__ = [
     "Balance",
@@ -22,7 +25,8 @@ __all__ = [
     "Sample",
     "SampleTooLargeError",
     "Segment",
+    "Source",
     "collate_into",
+    "key_and_field",
     "pack_bytes",
-    "sample_key",
 ]

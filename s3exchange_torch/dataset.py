@@ -73,6 +73,7 @@ from s3exchange import InvalidManifestError, LiteralKey, S3ExchangeStore
 from s3exchange.packing import UNFINISHED_HINT, unfinished_pack
 from s3exchange.types import ManifestEntry
 
+from .mixing import MixPlan, Source, Stop, check_stop, quotas, source_segments
 from .plan import Balance, EpochPlan, Segment, check_balance, rank_size
 from .prefetch import MAX_SAMPLE_BYTES, Item, Prefetcher, SampleTooLargeError, plan_jobs
 from .resume import Remainder, Run, merge_states, worker_rng
@@ -161,6 +162,24 @@ def _io_threads(
             needed,
         )
     return requested
+
+
+@dataclass(slots=True)
+class _Mix:
+    """The sources of a mixed dataset, their units once resolved and their epoch quotas."""
+
+    sources: tuple[Source, ...]
+    stop: Stop
+    feeds: list[tuple[list[Unit], list[int]]] | None = None
+    quotas: list[int] | None = None
+
+    def signature(self) -> dict[str, Any]:
+        """What a state must share with the mix that loads it."""
+        return {
+            "weights": [s.weight for s in self.sources],
+            "repeats": [s.repeat for s in self.sources],
+            "stop": self.stop,
+        }
 
 
 @dataclass(slots=True)
@@ -267,6 +286,45 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         self._plan_cache: tuple[int, EpochPlan] | None = None
         self._progress: _Progress | None = None
         self._resume: dict[str, Any] | None = None
+        self._mix: _Mix | None = None
+
+    @classmethod
+    def mix(
+        cls,
+        store: S3ExchangeStore,
+        sources: Sequence[Source],
+        *,
+        stop: Stop = "first_exhausted",
+        **options: Any,
+    ) -> S3ExchangeIterableDataset:
+        """One dataset over several manifests, interleaved by weight (:mod:`.mixing`).
+
+        ``sources``: :class:`~s3exchange_torch.mixing.Source` ``(manifest, weight, repeat)``.
+        ``stop``: ``"first_exhausted"`` (the epoch ends when a source has given its samples,
+        times ``repeat``: no sample repeats unless its ``repeat`` says so),
+        ``"all_exhausted"`` (when the last has: the others repeat to keep the weights) or a
+        number of samples per epoch (quotas from the weights; sources repeat or are
+        subsampled, a different subset each epoch). ``options`` are the constructor's;
+        ranks, workers, ``balance``, the shuffle buffer and resumption work as for one
+        manifest, over the mixed sequence.
+        """
+        if not sources:
+            raise ValueError("a mix needs at least one source")
+        check_stop(stop)
+        dataset = cls(store, (), **options)
+        dataset._mix = _Mix(
+            tuple(
+                Source(
+                    s.manifest if isinstance(s.manifest, str) else list(s.manifest),
+                    s.weight,
+                    s.repeat,
+                )
+                for s in sources
+            ),
+            stop,
+        )
+        dataset._name = f"<mix of {len(sources)}>"
+        return dataset
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -298,6 +356,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         return self
 
     def _resolved(self) -> tuple[list[Unit], list[int]]:
+        if self._mix is not None and self._mix.feeds is None:
+            self._resolve_mix(self._mix)
         if self._units is None or self._counts is None:
             assert self._manifest is not None
             source = self._manifest
@@ -306,6 +366,20 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             self._units, self._counts = resolve_units(self._store, source, self._group_by)
             self._manifest = None  # entries in hand now live in the units
         return self._units, self._counts
+
+    def _resolve_mix(self, mix: _Mix) -> None:
+        """Each source's units; the dataset's units are all of them (what the loader sizes)."""
+        feeds = []
+        for source in mix.sources:
+            manifest = source.manifest
+            if isinstance(manifest, str):
+                manifest = self._finished(manifest)
+            feeds.append(resolve_units(self._store, manifest, self._group_by))
+        mix.quotas = quotas([sum(counts) for _, counts in feeds], mix.sources, mix.stop)
+        mix.feeds = feeds
+        self._units = [unit for units, _ in feeds for unit in units]
+        self._counts = [count for _, counts in feeds for count in counts]
+        self._manifest = None
 
     def _finished(self, key: str) -> str:
         """``key``, unless a ``pack`` into it has not finished: refused, or (allowed) the
@@ -326,8 +400,10 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
 
     @property
     def num_samples(self) -> int:
-        """Samples in the whole manifest (all ranks), files or key groups."""
-        return sum(self._resolved()[1])
+        """Samples in the whole manifest (all ranks), files or key groups; for a mix, in one
+        epoch of it."""
+        counts = self._resolved()[1]
+        return sum(counts) if self._mix is None else sum(self._mix.quotas or ())
 
     def __len__(self) -> int:
         """Samples this rank reads per epoch (all its DataLoader workers together)."""
@@ -356,11 +432,13 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         cached = self._plan_cache
         if cached is not None and cached[0] == epoch:
             return cached[1]
+        if self._mix is not None:  # the mixed sequence: one run of positions, cut the same way
+            counts = [self.num_samples]
         plan = EpochPlan(
             counts,
             seed=self._seed,
             epoch=epoch,
-            shuffle=self._shuffle,
+            shuffle=self._shuffle and self._mix is None,
             world_size=self._world_size,
             balance=self._balance,
         )
@@ -379,29 +457,64 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         epoch = self.epoch if resume is None else int(resume["epoch"])
         plan = self._plan(epoch, counts)
         runs = () if resume is None else _runs(resume)
-        if resume is not None and runs:
+        if resume is not None:
             self._check_samples(resume, plan.num_samples)
+        order: Callable[[], Iterator[int]] | None = None
+        if runs or self._mix is not None:
             remainder = Remainder(
                 plan.num_samples, runs, seed=self._seed, epoch=epoch, buffer=self._buffer_size()
             )
             ranges = remainder.worker_ranges(
                 self._world_size, num_workers, self._balance, self._rank, worker_id
             )
-            segments = plan.segments_at(ranges)
+            total = sum(stop - start for start, stop in ranges)
+            if self._mix is not None:
+                feeds, order = self._mix_feeds(self._mix, epoch, ranges)
+            else:
+                feeds = [(units, plan.segments_at(ranges))]
         else:
             segments = plan.segments(self._rank, worker_id, num_workers)
-        total = sum(segment.size for segment in segments)
+            total = sum(segment.size for segment in segments)
+            feeds = [(units, segments)]
         emitted = 0
         if resume is not None and resume.get("kind") != "elastic":
             self._check_resume(resume, worker_id, num_workers, total)
             emitted = int(resume["emitted"])
         progress = _Progress(epoch, worker_id, num_workers, total, emitted, runs)
         self._progress = progress
-        return self._samples(units, segments, progress)
+        return self._samples(feeds, progress, order)
+
+    def _mix_feeds(
+        self, mix: _Mix, epoch: int, ranges: list[tuple[int, int]]
+    ) -> tuple[list[tuple[list[Unit], list[Segment]]], Callable[[], Iterator[int]]]:
+        """Each source's segments for mixed positions ``ranges``, and their interleave."""
+        assert mix.feeds is not None
+        assert mix.quotas is not None
+        plan = MixPlan(mix.quotas, seed=self._seed, epoch=epoch)
+        feeds = []
+        for source, ((units, counts), pieces) in enumerate(
+            zip(mix.feeds, plan.pieces(ranges), strict=True)
+        ):
+            segments = source_segments(
+                counts,
+                pieces,
+                source=source,
+                seed=self._seed,
+                epoch=epoch,
+                shuffle=self._shuffle,
+                plans={},
+            )
+            feeds.append((units, segments))
+        return feeds, lambda: plan.order(ranges)
 
     def _samples(
-        self, units: list[Unit], segments: list[Segment], progress: _Progress
+        self,
+        feeds: list[tuple[list[Unit], list[Segment]]],
+        progress: _Progress,
+        order: Callable[[], Iterator[int]] | None = None,
     ) -> Iterator[Any]:
+        """The worker's samples from one feed (units and their segments) per source; with
+        several, ``order()`` names the source of each successive sample."""
         buffered = self._buffer_size() > 1
         if buffered:
             rng = worker_rng(
@@ -417,17 +530,24 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             point = ResumePoint(progress.emitted)
         shard_streams = 1 + self._prefetch_shards
         io_threads = _io_threads(self._store, self._io_threads, shard_streams, progress.num_workers)
-        prefetcher = Prefetcher(
-            self._store,
-            plan_jobs(units, segments, point),
-            group_by=self._group_by,
-            io_threads=io_threads,
-            prefetch_shards=self._prefetch_shards,
-            verify=self._verify,
-            max_sample_bytes=self._max_sample_bytes,
-        )
+        points = [point] if order is None else _source_points(point, order(), len(feeds))
+        prefetchers = [
+            Prefetcher(
+                self._store,
+                plan_jobs(units, segments, source_point),
+                group_by=self._group_by,
+                io_threads=max(1, io_threads // len(feeds)),
+                prefetch_shards=self._prefetch_shards,
+                verify=self._verify,
+                max_sample_bytes=self._max_sample_bytes,
+            )
+            for (units, segments), source_point in zip(feeds, points, strict=True)
+        ]
         try:
-            items: Iterator[Item] = chain.from_iterable(prefetcher.chunks())
+            streams = [chain.from_iterable(prefetcher.chunks()) for prefetcher in prefetchers]
+            items: Iterator[Item] = (
+                streams[0] if order is None else _interleave(streams, order(), point)
+            )
             if buffered:
                 buffer = _restore_buffer(items, point.pending)
                 items = shuffled(items, self._shuffle_buffer, rng, buffer, arrived=point.arrived)
@@ -445,7 +565,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
                     progress.emitted += 1
                     yield item
         finally:
-            prefetcher.close()
+            for prefetcher in prefetchers:
+                prefetcher.close()
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -458,6 +579,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             "balance": self._balance,
             "rank": self._rank,
             "world_size": self._world_size,
+            "mix": None if self._mix is None else self._mix.signature(),
         }
 
     def _buffer_size(self) -> int:
@@ -486,7 +608,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             "num_workers": progress.num_workers,
             "worker_samples": progress.total,
             "emitted": progress.emitted,
-            "num_samples": -1 if counts is None else sum(counts),
+            "num_samples": -1 if counts is None else self.num_samples,
             "runs": [run.to_state() for run in progress.runs],
         }
 
@@ -505,8 +627,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         if state["version"] not in (1, STATE_VERSION):
             raise ValueError(f"unsupported state version {state['version']!r}")
         config = self._config()
-        for key in _DATA_KEYS if elastic else _CONFIG_KEYS:
-            if state[key] != config[key]:
+        for key in (*(_DATA_KEYS if elastic else _CONFIG_KEYS), "mix"):
+            if state.get(key) != config[key]:
                 raise ValueError(
                     f"cannot resume: state has {key}={state[key]!r}, dataset has {config[key]!r}"
                 )
@@ -558,6 +680,29 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             )
         if not 0 <= state["emitted"] <= total:
             raise ValueError(f"cannot resume: emitted={state['emitted']} of {total} samples")
+
+
+def _source_points(point: ResumePoint, order: Iterator[int], sources: int) -> list[ResumePoint]:
+    """``point`` (over the worker's mixed positions) as one resume point per source."""
+    pending = set(point.pending)
+    arrived = [0] * sources
+    buffered: list[list[int]] = [[] for _ in range(sources)]
+    for position, source in zip(range(point.arrived), order, strict=False):
+        if position in pending:
+            buffered[source].append(arrived[source])
+        arrived[source] += 1
+    return [ResumePoint(a, tuple(b)) for a, b in zip(arrived, buffered, strict=True)]
+
+
+def _interleave(
+    streams: Sequence[Iterator[Item]], order: Iterator[int], point: ResumePoint
+) -> Iterator[Item]:
+    """The sources' streams merged in ``order``, leaving out what ``point`` says was read."""
+    pending = set(point.pending)
+    for position, source in enumerate(order):
+        if position < point.arrived and position not in pending:
+            continue  # delivered before the resume: its source never fetched it
+        yield next(streams[source])
 
 
 def _runs(state: Mapping[str, Any]) -> tuple[Run, ...]:

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from s3exchange import S3ExchangeError, S3ExchangeStore, ShardReadError
+from s3exchange.samples import key_and_field
 from s3exchange.shard import ShardMember
 from s3exchange.types import FileEntry, ShardEntry
 
 from .collate import Sample
 from .plan import Segment
 from .shuffle import ResumePoint
-from .units import GroupBy, Unit, loose_sample, member_path, sample_key
+from .units import GroupBy, Unit, loose_sample, member_path
 
 __all__ = [
     "CHUNK_BYTES",
@@ -350,7 +351,7 @@ class _GroupSelector:
         self.sentinel = -1
 
     def __call__(self, index: int, entry: FileEntry) -> bool:
-        split = sample_key(member_path(entry))
+        split = key_and_field(member_path(entry))
         if split is None:
             return False  # no extension: part of no sample, as webdataset skips it
         key, self.field = split
@@ -390,7 +391,7 @@ def _shard_groups(
                         yield chunk
                         chunk, size = [], 0
                 group = selector.group
-                key = sample_key(member_path(member.entry))
+                key = key_and_field(member_path(member.entry))
                 sample = {"__key__": key[0] if key else "", "__url__": archive}
                 entries = []
             data = _member_data(member, archive, limit)

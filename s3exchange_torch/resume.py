@@ -257,7 +257,7 @@ def batches_delivered(batch_counts: Sequence[int], batches: int) -> list[int]:
 
 STATE_VERSION = 2
 """Version of the dataset states this module reads and writes (see the dataset module)."""
-_DATA_KEYS = ("seed", "shuffle", "shuffle_buffer", "group_by")
+_DATA_KEYS = ("seed", "shuffle", "shuffle_buffer", "group_by", "mix")
 _SHARED_KEYS = (*_DATA_KEYS, "epoch", "world_size", "num_workers", "balance", "runs")
 
 
@@ -348,7 +348,7 @@ def merge_states(
     return {
         "version": STATE_VERSION,
         "kind": "elastic",
-        **{key: template[key] for key in _DATA_KEYS},
+        **{key: template.get(key) for key in _DATA_KEYS},
         "epoch": epoch,
         "num_samples": num_samples,
         "runs": [

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeAlias
 
 from s3exchange import InvalidManifestError, S3ExchangeStore, ShardReadError
 from s3exchange.keys import split_virtual_key
-from s3exchange.shard import key_and_field as sample_key
+from s3exchange.samples import key_and_field
 from s3exchange.store import ManifestSource
 from s3exchange.types import FileEntry, ShardEntry
 
@@ -27,7 +27,6 @@ __all__ = [
     "count_groups",
     "member_path",
     "resolve_units",
-    "sample_key",
 ]
 
 GroupBy: TypeAlias = Literal["key"] | None
@@ -66,7 +65,7 @@ def _groups(paths: Iterable[str], archive_key: str) -> tuple[int, str | None, st
     current: str | None = None
     fields: set[str] = set()
     for path in paths:
-        split = sample_key(path)
+        split = key_and_field(path)
         if split is None:
             continue
         key, field = split
@@ -99,8 +98,8 @@ def _group_loose(units: list[Unit], entry: FileEntry, key: str, field: str) -> b
 
 
 def _split(entry: FileEntry) -> tuple[str, str]:
-    """``sample_key`` of a loose file already known to have an extension."""
-    split = sample_key(entry["key"])
+    """``key_and_field`` of a loose file already known to have an extension."""
+    split = key_and_field(entry["key"])
     assert split is not None
     return split
 
@@ -123,7 +122,7 @@ def resolve_units(
                 units.append(entry)
                 counts.append(1)
             else:
-                split = sample_key(entry["key"])
+                split = key_and_field(entry["key"])
                 if split is None:
                     continue  # no extension: no sample, as in webdataset
                 if not _group_loose(units, entry, *split):
@@ -195,10 +194,10 @@ def _count_shards(
 def loose_sample(entries: Sequence[FileEntry], datas: Sequence[bytes]) -> dict[str, Any]:
     """A webdataset-style sample from loose files of one key: ``__key__``, ``__url__``, fields."""
     first = entries[0]["key"]
-    split = sample_key(first)
+    split = key_and_field(first)
     key = split[0] if split else first
     sample: dict[str, Any] = {"__key__": key, "__url__": posixpath.dirname(first)}
     for entry, data in zip(entries, datas, strict=True):
-        field = sample_key(entry["key"])
+        field = key_and_field(entry["key"])
         sample[field[1] if field else ""] = data
     return sample

@@ -67,9 +67,10 @@ S3EXCHANGE_TORCH = [
     "Sample",
     "SampleTooLargeError",
     "Segment",
+    "Source",
     "collate_into",
+    "key_and_field",
     "pack_bytes",
-    "sample_key",
 ]
 
 each_package = pytest.mark.parametrize(

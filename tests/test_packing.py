@@ -17,14 +17,15 @@ from s3exchange.packing import (
     PlannedShard,
     SourceFile,
     default_prefix,
-    member_id,
     pack,
     plan_shards,
     reconcile,
     scan_directory,
     shard_key,
 )
+from s3exchange.samples import entry_id, sample_key
 from s3exchange.shard import Shard
+from s3exchange.store import id_from_key
 
 
 def files(*sizes: int) -> list[SourceFile]:
@@ -46,11 +47,19 @@ def entry_for(shard: PlannedShard, **changes: Any) -> ShardEntry:
 # -- naming ------------------------------------------------------------------------------------
 
 
-def test_member_id_drops_only_the_last_extension() -> None:
-    assert member_id("a/b/clip.wav") == "a/b/clip"
-    assert member_id("x.tar.gz") == "x.tar"
-    assert member_id("README") == "README"
-    assert member_id("dir/.hidden") == "dir/.hidden"
+def test_entry_id_drops_only_the_last_extension() -> None:
+    assert entry_id("a/b/clip.wav") == "a/b/clip"
+    assert entry_id("x.tar.gz") == "x.tar"
+    assert entry_id("README") == "README"
+    assert entry_id("dir/.hidden") == "dir/.hidden"
+    assert entry_id("a.d/2024.01.05.wav") == "a.d/2024.01.05"
+
+
+def test_a_stored_objects_default_id_is_its_basenames_entry_id() -> None:
+    assert id_from_key("training/7/x.seg.png") == "x.seg"
+    assert id_from_key("raw/2024.01.05.wav") == "2024.01.05"
+    assert id_from_key("raw/README") == "README"
+    assert sample_key("training/7/x.seg.png") == "training/7/x"  # groups, never an id
 
 
 def test_default_prefix_is_the_manifest_directory_plus_shards() -> None:

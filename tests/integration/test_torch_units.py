@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 from webdataset.tariterators import base_plus_ext
 
 from s3exchange import ShardReadError
+from s3exchange.samples import key_and_field
 from s3exchange.types import FileEntry
 from s3exchange_torch.plan import EpochPlan, Segment
 from s3exchange_torch.prefetch import Job, Wanted, plan_jobs
 from s3exchange_torch.shuffle import ResumePoint, buffer_rng, replay, shuffled
-from s3exchange_torch.units import Unit, count_groups, sample_key
+from s3exchange_torch.units import Unit, count_groups
 
 
 def rng() -> random.Random:
@@ -111,10 +112,10 @@ def test_replay_rejects_more_emitted_than_total() -> None:
         "__manifest__.jsonl",
     ],
 )
-def test_sample_key_splits_paths_like_webdataset(path: str) -> None:
+def test_key_and_field_splits_paths_like_webdataset(path: str) -> None:
     key, field = base_plus_ext(path)
     expected = None if key is None else (key, field.lower())
-    assert sample_key(path) == expected
+    assert key_and_field(path) == expected
 
 
 def test_count_groups_counts_runs_of_keys_and_skips_paths_without_extension() -> None:

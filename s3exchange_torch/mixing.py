@@ -1,0 +1,222 @@
+"""Weighted mixing of several manifests into one epoch: a pure plan, no I/O.
+
+Each source ``j`` contributes a *quota* ``T_j`` of samples to an epoch of ``T = sum(T_j)``
+(:func:`quotas`: from the weights and the stop rule). Source ``j``'s ``k``-th sample is its
+``k mod N_j``-th sample in the epoch order of cycle ``k // N_j`` (a fresh permutation of its
+units per ``(seed, epoch, source, cycle)``), so a quota below ``N_j`` reads a different subset
+each epoch and one above it repeats every sample before any sample a third time.
+
+The mixed order is *stratified*: sample ``k`` of source ``j`` sits at the fraction
+``(k + u_j) / T_j`` of the epoch, ``u_j`` a random phase drawn from ``(seed, epoch, j)``, and
+samples are sorted by that fraction (ties by source). So any window of ``L`` consecutive
+samples holds ``L * T_j / T`` of source ``j`` to within one sample, never long runs of one
+source, and the order needs no list: :meth:`MixPlan.prefix` counts how many samples of each
+source precede a position in O(sources x log), exact in integer arithmetic (the fractions are
+compared over a common denominator), which is how ranks and workers cut contiguous slices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+from .plan import EpochPlan, Segment
+
+__all__ = ["MixPlan", "Source", "Stop", "quotas"]
+
+Stop: TypeAlias = Literal["first_exhausted", "all_exhausted"] | int
+"""When a mixed epoch ends: when the first source runs out of its samples, when the last does
+(the others repeating to keep the weights), or after a fixed number of samples."""
+
+_PHASE_BITS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One manifest of a mix.
+
+    ``weight``: its share of the mixed stream (normalised over the sources). ``repeat``: how
+    many passes over its samples make its quota under ``"first_exhausted"``/
+    ``"all_exhausted"`` (``None``: 1; ``2.0`` upsamples, ``0.5`` reads a different half each
+    epoch); a fixed epoch size sets the quotas from the weights alone.
+    """
+
+    manifest: Any
+    weight: float = 1.0
+    repeat: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ValueError(f"a source's weight must be > 0, got {self.weight!r}")
+        if self.repeat is not None and not (self.repeat > 0 and math.isfinite(self.repeat)):
+            raise ValueError(f"a source's repeat must be > 0, got {self.repeat!r}")
+
+
+def check_stop(stop: object) -> None:
+    """Refuse (ValueError) anything but a :data:`Stop`."""
+    if stop in ("first_exhausted", "all_exhausted"):
+        return
+    if isinstance(stop, int) and not isinstance(stop, bool) and stop >= 0:
+        return
+    raise ValueError(
+        f"stop must be 'first_exhausted', 'all_exhausted' or an int >= 0, got {stop!r}"
+    )
+
+
+def _apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """``total`` cut in proportion to ``weights`` (largest remainder; ties to the first)."""
+    whole = sum(weights)
+    exact = [total * w / whole for w in weights]
+    parts = [math.floor(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda j: (parts[j] - exact[j], j))
+    for j in order[: total - sum(parts)]:
+        parts[j] += 1
+    return parts
+
+
+def quotas(sizes: Sequence[int], sources: Sequence[Source], stop: Stop) -> list[int]:
+    """Samples each source contributes to one epoch; they sum to the epoch's size."""
+    check_stop(stop)
+    weights = [s.weight for s in sources]
+    for index, (size, source) in enumerate(zip(sizes, sources, strict=True)):
+        if size == 0:
+            raise ValueError(f"source {index} ({source.manifest!r}) has no samples to mix")
+    if isinstance(stop, int):
+        if any(s.repeat is not None for s in sources):
+            raise ValueError("a fixed epoch size sets every source's quota: leave repeat unset")
+        return _apportion(stop, weights)
+    passes = [
+        size * (1.0 if s.repeat is None else s.repeat)
+        for size, s in zip(sizes, sources, strict=True)
+    ]
+    owed = [max(1, math.floor(x)) for x in passes]
+    whole = sum(weights)
+    spans = [o * whole / w for o, w in zip(owed, weights, strict=True)]
+    if stop == "first_exhausted":
+        parts = _apportion(math.floor(min(spans)), weights)
+        return [min(p, o) for p, o in zip(parts, owed, strict=True)]
+    parts = _apportion(math.ceil(max(spans)), weights)
+    return [max(p, o) for p, o in zip(parts, owed, strict=True)]
+
+
+class MixPlan:
+    """The mixed order of one epoch: which source each position belongs to, never listed.
+
+    Build it per ``(quotas, seed, epoch)``: O(sources). :meth:`prefix` is O(sources x log T).
+    """
+
+    __slots__ = ("_phase", "_scale", "_span", "num_samples", "quotas")
+
+    def __init__(self, quotas: Sequence[int], *, seed: int, epoch: int) -> None:
+        if any(q < 0 for q in quotas):
+            raise ValueError(f"quotas must be >= 0, got {list(quotas)}")
+        self.quotas = tuple(quotas)
+        self.num_samples = sum(self.quotas)
+        live = [q for q in self.quotas if q]
+        common = math.lcm(*live) if live else 1
+        # sample k of source j has the integer key ((k << 32) + phase_j) * scale_j * S + j:
+        # its fraction of the epoch over a common denominator, ties broken by j.
+        self._scale = [common // q if q else 0 for q in self.quotas]
+        self._phase = [_phase(seed, epoch, j) for j in range(len(self.quotas))]
+        self._span = ((1 << _PHASE_BITS) * common) * len(self.quotas) + len(self.quotas)
+
+    def key(self, source: int, index: int) -> int:
+        """The sort key of sample ``index`` of ``source``."""
+        count = len(self.quotas)
+        base = (index << _PHASE_BITS) + self._phase[source]
+        return base * self._scale[source] * count + source
+
+    def _below(self, bound: int) -> list[int]:
+        """Samples of each source whose key is below ``bound``."""
+        count = len(self.quotas)
+        out = []
+        for j, quota in enumerate(self.quotas):
+            if not quota:
+                out.append(0)
+                continue
+            top = (bound - j - 1) // (self._scale[j] * count)  # largest allowed base
+            below = ((top - self._phase[j]) >> _PHASE_BITS) + 1
+            out.append(min(max(below, 0), quota))
+        return out
+
+    def prefix(self, position: int) -> list[int]:
+        """How many samples of each source the first ``position`` positions hold."""
+        if not 0 <= position <= self.num_samples:
+            raise ValueError(f"position must be in [0, {self.num_samples}], got {position}")
+        lo, hi = 0, self._span
+        while lo < hi:  # smallest bound with `position` keys below it: keys are distinct
+            mid = (lo + hi) // 2
+            if sum(self._below(mid)) >= position:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self._below(lo)
+
+    def pieces(self, ranges: Iterable[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """For positions ``ranges``, each source's index ranges, in order (one per range)."""
+        out: list[list[tuple[int, int]]] = [[] for _ in self.quotas]
+        for start, stop in ranges:
+            first, last = self.prefix(start), self.prefix(stop)
+            for j, (lo, hi) in enumerate(zip(first, last, strict=True)):
+                if lo < hi:
+                    out[j].append((lo, hi))
+        return out
+
+    def order(self, ranges: Iterable[tuple[int, int]]) -> Iterator[int]:
+        """The source of each sample at positions ``ranges``, in order."""
+        for start, stop in ranges:
+            first, last = self.prefix(start), self.prefix(stop)
+            heap = [(self.key(j, lo), j, lo) for j, lo in enumerate(first) if lo < last[j]]
+            heapq.heapify(heap)
+            while heap:
+                _, j, index = heap[0]
+                yield j
+                if index + 1 < last[j]:
+                    heapq.heapreplace(heap, (self.key(j, index + 1), j, index + 1))
+                else:
+                    heapq.heappop(heap)
+
+
+def _phase(seed: int, epoch: int, source: int) -> int:
+    text = f"s3exchange.mix:{seed}:{epoch}:{source}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:4], "big")
+
+
+def cycle_seed(seed: int, source: int, cycle: int) -> int:
+    """The unit-order seed of ``source``'s pass number ``cycle`` over its samples."""
+    text = f"s3exchange.mix.cycle:{seed}:{source}:{cycle}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big")
+
+
+def source_segments(
+    counts: Sequence[int],
+    ranges: Iterable[tuple[int, int]],
+    *,
+    source: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    plans: dict[int, EpochPlan],
+) -> list[Segment]:
+    """Segments of one source's index ``ranges``: index ``k`` is position ``k mod N`` of the
+    plan of pass ``k // N``; ``plans`` caches those plans by pass."""
+    size = sum(counts)
+    out: list[Segment] = []
+    for start, stop in ranges:
+        index = start
+        while index < stop:
+            cycle, position = divmod(index, size)
+            take = min(stop - index, size - position)
+            plan = plans.get(cycle)
+            if plan is None:
+                plan = EpochPlan(
+                    counts, seed=cycle_seed(seed, source, cycle), epoch=epoch, shuffle=shuffle
+                )
+                plans[cycle] = plan
+            out += plan.segments_at([(position, position + take)])
+            index += take
+    return out
