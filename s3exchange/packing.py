@@ -35,10 +35,10 @@ import os
 import posixpath
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, cast
+from typing import IO, TYPE_CHECKING, Literal, Protocol, TypedDict, cast
 
 from .errors import ManifestNotFoundError, PackConflictError, PackError, ShardReadError
 from .keys import LiteralKey
@@ -54,12 +54,15 @@ __all__ = [
     "PackProgress",
     "PackReport",
     "PlannedShard",
+    "ShardBuilder",
     "ShardTask",
     "Skipped",
     "SourceFile",
+    "ThreadBuilder",
     "default_prefix",
     "describe_skipped",
     "pack",
+    "pack_files",
     "plan_shards",
     "reconcile",
     "scan_directory",
@@ -83,7 +86,8 @@ CHANGED_HINT = (
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:
-    """A local file to pack: where it is, the member path it gets, and its size."""
+    """A file to pack: where it is (a local path; an object key for
+    :func:`s3exchange.ray.pack_objects`), the member path it gets, and its size."""
 
     path: str
     member_path: str
@@ -155,6 +159,29 @@ class PackProgress(Protocol):
     def start(self, total_bytes: int, total_shards: int) -> None: ...
 
     def advance(self, member_bytes: int) -> None: ...
+
+
+class ShardBuilder(Protocol):
+    """Where :func:`pack_files` builds and uploads shards: threads of this process
+    (:class:`ThreadBuilder`, :func:`pack`) or Ray tasks (:func:`s3exchange.ray.pack_objects`)."""
+
+    jobs: int
+    """Shards built at once (and threads checking the checksums of stored, unlisted shards)."""
+
+    def open(self, source: SourceFile) -> IO[bytes]:
+        """A source's bytes, to compare with the checksums a stored shard records."""
+        ...
+
+    def build(
+        self,
+        shards: Sequence[tuple[int, PlannedShard]],
+        compression: Compression,
+        done: Callable[[int, ShardEntry], None],
+    ) -> None:
+        """Upload every ``(position, shard)``, calling ``done(position, entry)`` from this thread
+        as each completes; after a failure (Ctrl-C included), let the shards in flight end,
+        report those that completed, and raise the first error."""
+        ...
 
 
 # -- planning (pure) ---------------------------------------------------------------------------
@@ -465,7 +492,9 @@ def _finish(store: S3ExchangeStore, manifest_key: str, plan: Sequence[PlannedSha
     return part
 
 
-def _check_replaceable(store: S3ExchangeStore, task: ShardTask, compression: Compression) -> None:
+def _check_replaceable(
+    store: S3ExchangeStore, task: ShardTask, compression: Compression, builder: ShardBuilder
+) -> None:
     """Refuse to overwrite a stored, unlisted archive unless it holds this plan's members."""
     key = task.shard.archive_key
     entry: ShardEntry = {"kind": "shard", "archive_key": key, "compression": compression}
@@ -488,7 +517,7 @@ def _check_replaceable(store: S3ExchangeStore, task: ShardTask, compression: Com
     # archive is this plan's own, interrupted run; hashing the files costs one local read at
     # CRC32C speed (~25 GB/s), and only for shards stored but not listed.
     for member, source in zip(members, task.shard.files, strict=True):
-        problem = _content_problem(member, source)
+        problem = _content_problem(member, source, builder)
         if problem is not None:
             raise PackConflictError(
                 f"{key} exists and is not listed in the manifest, but its member "
@@ -497,14 +526,14 @@ def _check_replaceable(store: S3ExchangeStore, task: ShardTask, compression: Com
             )
 
 
-def _content_problem(member: FileEntry, source: SourceFile) -> str | None:
+def _content_problem(member: FileEntry, source: SourceFile, builder: ShardBuilder) -> str | None:
     """Why the stored member is not ``source``'s bytes, or None when its checksum matches."""
     for field in CHECKSUM_FIELDS:
         recorded = member.get(field)
         if isinstance(recorded, str):
             digest = new_digest(field)
             try:
-                with open(source.path, "rb") as f:
+                with builder.open(source) as f:
                     while block := f.read(1 << 20):
                         digest.update(block)
             except OSError as exc:
@@ -592,56 +621,85 @@ class _Run:
         self.last_flush = time.monotonic()
 
 
-def _execute(run: _Run, compression: Compression, jobs: int) -> None:
-    def upload(task: ShardTask) -> ShardEntry:
-        shard = task.shard
-        result = run.store.put_shard_archive(
-            shard.archive_key, shard.items(), compression=compression
-        )
-        entry = dict(result.entry)
-        entry[PATHS_FIELD] = shard.paths_digest  # an unknown field: preserved by every reader
-        return cast(ShardEntry, entry)
+def _execute(run: _Run, builder: ShardBuilder, compression: Compression) -> None:
+    """Build the shards the plan lacks with ``builder``; entries are checkpointed as they arrive
+    and, whatever happens, once more at the end (see the module docstring)."""
+    todo: list[tuple[int, PlannedShard]] = []
+    for position, task in enumerate(run.tasks):
+        if task.action == "skip":
+            run.done(position, None)
+        else:
+            todo.append((position, task.shard))
 
-    queue = iter(enumerate(run.tasks))
-    pending: dict[concurrent.futures.Future[ShardEntry], int] = {}
-    failure: BaseException | None = None
+    def done(position: int, built: ShardEntry) -> None:
+        entry = dict(built)
+        # an unknown field: preserved by every reader
+        entry[PATHS_FIELD] = run.tasks[position].shard.paths_digest
+        run.done(position, cast(ShardEntry, entry))
 
-    def submit_more(pool: concurrent.futures.ThreadPoolExecutor) -> None:
-        # at most ``jobs`` shards in flight, so a failure stops the run promptly
-        while failure is None and len(pending) < jobs:
-            position, task = next(queue, (-1, None))
-            if task is None:
-                return
-            if task.action == "skip":
-                run.done(position, None)
-            else:
-                pending[pool.submit(upload, task)] = position
+    try:
+        builder.build(todo, compression, done)
+    finally:
+        run.flush(everything=True)
 
-    with concurrent.futures.ThreadPoolExecutor(jobs, "s3exchange-pack") as pool:
-        try:
-            submit_more(pool)
-            while pending:
-                finished, _ = concurrent.futures.wait(
-                    pending, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for future in finished:
-                    position = pending.pop(future)
-                    error = future.exception()
-                    if error is None:
-                        run.done(position, future.result())
-                    elif failure is None:
-                        failure = error
+
+@dataclass
+class ThreadBuilder:
+    """Builds shards from local files on ``jobs`` threads of this process (:func:`pack`)."""
+
+    store: S3ExchangeStore
+    jobs: int = 1
+
+    def open(self, source: SourceFile) -> IO[bytes]:
+        return open(source.path, "rb")
+
+    def build(
+        self,
+        shards: Sequence[tuple[int, PlannedShard]],
+        compression: Compression,
+        done: Callable[[int, ShardEntry], None],
+    ) -> None:
+        def upload(shard: PlannedShard) -> ShardEntry:
+            items = shard.items()
+            return self.store.put_shard_archive(
+                shard.archive_key, items, compression=compression
+            ).entry
+
+        queue = iter(shards)
+        pending: dict[concurrent.futures.Future[ShardEntry], int] = {}
+        failure: BaseException | None = None
+
+        def submit_more(pool: concurrent.futures.ThreadPoolExecutor) -> None:
+            # at most ``jobs`` shards in flight, so a failure stops the run promptly
+            while failure is None and len(pending) < self.jobs:
+                position, shard = next(queue, (-1, None))
+                if shard is None:
+                    return
+                pending[pool.submit(upload, shard)] = position
+
+        with concurrent.futures.ThreadPoolExecutor(self.jobs, "s3exchange-pack") as pool:
+            try:
                 submit_more(pool)
-        except BaseException as exc:  # e.g. Ctrl-C: let running uploads end, keep what finished
-            failure = failure or exc
-            pool.shutdown(wait=True)
-            for future, position in pending.items():
-                if future.exception() is None:
-                    run.done(position, future.result())
-        finally:
-            run.flush(everything=True)
-    if failure is not None:
-        raise failure
+                while pending:
+                    finished, _ = concurrent.futures.wait(
+                        pending, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in finished:
+                        position = pending.pop(future)
+                        error = future.exception()
+                        if error is None:
+                            done(position, future.result())
+                        elif failure is None:
+                            failure = error
+                    submit_more(pool)
+            except BaseException as exc:  # e.g. Ctrl-C: let running uploads end, keep what finished
+                failure = failure or exc
+                pool.shutdown(wait=True)
+                for future, position in pending.items():
+                    if future.exception() is None:
+                        done(position, future.result())
+        if failure is not None:
+            raise failure
 
 
 def pack(
@@ -675,16 +733,8 @@ def pack(
     pending for more than ``stale_uploads_after`` seconds (a killed run's) are aborted first.
     With ``dry_run`` nothing is written and the report counts what a real run would do.
     """
-    started = time.monotonic()
-    codec: Compression = None if compression in (None, "none") else "gzip"
-    if compression not in (None, "none", "gzip"):
-        raise PackError(f"compression must be 'none' or 'gzip', not {compression!r}")
-    if jobs < 1 or checkpoint_every < 1:
-        raise PackError("jobs and checkpoint_every must be at least 1")
-    # resolved once; from here on every key is literal (a brace in it is a brace)
-    manifest_key = LiteralKey(store.resolve(manifest_key))
-    prefix = store.resolve(prefix).strip("/") if prefix is not None else ""
-    prefix = LiteralKey(prefix or default_prefix(manifest_key))
+    if jobs < 1:
+        raise PackError("jobs must be at least 1")
     skipped: Skipped = {"hidden": 0, "symlinks": 0, "excluded": 0}
     files = scan_directory(
         src_dir,
@@ -698,6 +748,59 @@ def pack(
         raise PackError(
             f"no files under {os.fspath(src_dir)!r}" + (f" ({left_out})" if left_out else "")
         )
+    return pack_files(
+        store,
+        files,
+        manifest_key,
+        ThreadBuilder(store, jobs),
+        max_entries=max_entries,
+        max_bytes=max_bytes,
+        compression=compression,
+        prefix=prefix,
+        dry_run=dry_run,
+        shuffle=shuffle,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds,
+        stale_uploads_after=stale_uploads_after,
+        skipped=skipped,
+    )
+
+
+def pack_files(
+    store: S3ExchangeStore,
+    files: Sequence[SourceFile],
+    manifest_key: str,
+    builder: ShardBuilder,
+    *,
+    max_entries: int | None = None,
+    max_bytes: int | None = None,
+    compression: Compression | Literal["none"] = None,
+    prefix: str | None = None,
+    dry_run: bool = False,
+    shuffle: int | None = None,
+    progress: PackProgress | None = None,
+    checkpoint_every: int = 64,
+    checkpoint_seconds: float = 30.0,
+    stale_uploads_after: float = STALE_UPLOAD_SECONDS,
+    skipped: Skipped | None = None,
+) -> PackReport:
+    """:func:`pack` once its files are found: plan, reconcile with the manifest and the bucket,
+    build what is missing with ``builder``, list it. ``files`` come sorted by member path (the
+    plan's order unless ``shuffle``); ``skipped`` is what finding them left out, for the report.
+    """
+    started = time.monotonic()
+    codec: Compression = None if compression in (None, "none") else "gzip"
+    if compression not in (None, "none", "gzip"):
+        raise PackError(f"compression must be 'none' or 'gzip', not {compression!r}")
+    if builder.jobs < 1 or checkpoint_every < 1:
+        raise PackError("jobs and checkpoint_every must be at least 1")
+    # resolved once; from here on every key is literal (a brace in it is a brace)
+    manifest_key = LiteralKey(store.resolve(manifest_key))
+    prefix = store.resolve(prefix).strip("/") if prefix is not None else ""
+    prefix = LiteralKey(prefix or default_prefix(manifest_key))
+    if skipped is None:
+        skipped = {"hidden": 0, "symlinks": 0, "excluded": 0}
     if shuffle is not None:
         files = shuffled(files, shuffle)
     try:
@@ -716,7 +819,7 @@ def pack(
     shards = LiteralKey(f"{prefix}/shard-")
     stored = {obj["key"]: obj["size"] for obj in store.list_objects(shards)}
     tasks = reconcile(plan, listed, stored, prefix=prefix)
-    _check_all_replaceable(store, tasks, codec, jobs)
+    _check_all_replaceable(store, tasks, codec, builder)
     stale = store.abort_stale_uploads(shards, stale_uploads_after, dry_run=dry_run)
     report: PackReport = {
         "manifest_key": manifest_key,
@@ -747,7 +850,7 @@ def pack(
         run = _Run(
             store, manifest_key, tasks, checkpoint_every, checkpoint_seconds, progress, report
         )
-        _execute(run, codec, jobs)
+        _execute(run, builder, codec)
         if run.problems:
             raise PackConflictError(problems=run.problems, hint=CHANGED_HINT)
         part = _finish(store, manifest_key, plan)
@@ -758,15 +861,19 @@ def pack(
 
 
 def _check_all_replaceable(
-    store: S3ExchangeStore, tasks: Iterable[ShardTask], compression: Compression, jobs: int
+    store: S3ExchangeStore,
+    tasks: Iterable[ShardTask],
+    compression: Compression,
+    builder: ShardBuilder,
 ) -> None:
     replace = [task for task in tasks if task.action == "replace"]
     if not replace:
         return
 
     def check(task: ShardTask) -> None:
-        _check_replaceable(store, task, compression)
+        _check_replaceable(store, task, compression, builder)
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, jobs), "s3exchange-pack-check") as pool:
+    threads = max(1, builder.jobs)
+    with concurrent.futures.ThreadPoolExecutor(threads, "s3exchange-pack-check") as pool:
         for _ in pool.map(check, replace):
             pass

@@ -186,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefix", metavar="P", help="where shards go (default: <manifest dir>/shards)"
     )
     pack.add_argument(
-        "--jobs", type=positive_int, default=1, metavar="N", help="shards in parallel (default: 1)"
+        "--jobs",
+        type=positive_int,
+        metavar="N",
+        help="shards in parallel (default: 1; with --engine ray, the cluster's CPUs)",
     )
     pack.add_argument(
         "--shuffle",
@@ -218,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-conditional-writes",
         action="store_true",
         help="for servers without If-Match/If-None-Match; only one writer at a time then",
+    )
+    pack.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: SRC_DIR is a directory here; ray: SRC_DIR is a prefix in the bucket "
+        "(s3://bucket/raw/) and Ray tasks build the shards (the ray extra)",
+    )
+    pack.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the Ray cluster for --engine ray (default: RAY_ADDRESS, else a local Ray)",
     )
     pack.set_defaults(handler=cmd_pack)
 

@@ -27,25 +27,33 @@ if TYPE_CHECKING:
 def cmd_pack(args: argparse.Namespace) -> int:
     """Pack a local directory into shards and list them in a manifest (see :mod:`..packing`)."""
     options = {"conditional_writes": "off"} if args.no_conditional_writes else {}
+    on_ray = args.engine == "ray"
+    if on_ray:
+        args.src = args.src_dir  # a prefix in the bucket: an s3:// URL or a key, as for compact
+    elif args.ray_address is not None:
+        raise CliError(ExitCode.USAGE, "--ray-address goes with --engine ray")
     store = open_store(args, **options)
     try:
         with Progress(f"pack {args.manifest_key}") as bar:
-            report = packing.pack(
-                store,
-                args.src_dir,
-                args.manifest_key,
-                max_entries=args.max_entries,
-                max_bytes=args.max_bytes,
-                compression=args.compression,
-                prefix=args.prefix,
-                jobs=args.jobs,
-                dry_run=args.dry_run,
-                shuffle=args.shuffle,
-                exclude=args.exclude,
-                hidden=args.hidden,
-                follow_symlinks=args.follow_symlinks,
-                progress=bar,
-            )
+            if on_ray:
+                report = _pack_on_ray(store, args, bar)
+            else:
+                report = packing.pack(
+                    store,
+                    args.src_dir,
+                    args.manifest_key,
+                    max_entries=args.max_entries,
+                    max_bytes=args.max_bytes,
+                    compression=args.compression,
+                    prefix=args.prefix,
+                    jobs=args.jobs or 1,
+                    dry_run=args.dry_run,
+                    shuffle=args.shuffle,
+                    exclude=args.exclude,
+                    hidden=args.hidden,
+                    follow_symlinks=args.follow_symlinks,
+                    progress=bar,
+                )
     except KeyboardInterrupt:
         manifest = store.resolve(args.manifest_key)
         sys.stderr.write(
@@ -82,6 +90,36 @@ def cmd_pack(args: argparse.Namespace) -> int:
         verb = "would abort" if report["dry_run"] else "aborted"
         emit(f"{verb} {plural(report['aborted_uploads'], 'stale shard upload')} (a killed run's)")
     return ExitCode.OK
+
+
+def _pack_on_ray(
+    store: S3ExchangeStore, args: argparse.Namespace, bar: Progress
+) -> packing.PackReport:
+    """``pack --engine ray``: the objects under the prefix SRC_DIR, packed by Ray tasks."""
+    if args.follow_symlinks:
+        raise CliError(ExitCode.USAGE, "--follow-symlinks applies to a directory, not a bucket")
+    try:
+        from ..ray import pack_objects
+    except ImportError as exc:
+        raise CliError(
+            ExitCode.USAGE, f"--engine ray needs Ray: pip install 's3exchange[ray]' ({exc})"
+        ) from None
+    return pack_objects(
+        store,
+        args.src,
+        args.manifest_key,
+        max_entries=args.max_entries,
+        max_bytes=args.max_bytes,
+        compression=args.compression,
+        prefix=args.prefix,
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        shuffle=args.shuffle,
+        exclude=args.exclude,
+        hidden=args.hidden,
+        progress=bar,
+        address=args.ray_address,
+    )
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
