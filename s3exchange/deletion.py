@@ -18,6 +18,7 @@ from .errors import (
 )
 from .keys import KeySpace, split_virtual_key
 from .manifest import ManifestReader, walk_graph
+from .shard_index import index_key_for
 from .types import DeleteFailure, DeleteReport
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def delete_prefix(
 MemberLister = Callable[[str], list[str]]
 """``members(archive_key)``: the member paths its internal manifest lists."""
 
-Role = Literal["object", "archive", "manifest"]
+Role = Literal["object", "archive", "index", "manifest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +82,15 @@ class DeletePlan:
     """Deepest part first, the root last: the order they are deleted in."""
     kept: tuple[tuple[str, str], ...]
     """``(archive, why)``: archives some of whose members are listed, not deleted."""
+    indexes: tuple[str, ...] = ()
+    """The :mod:`~s3exchange.shard_index` of each deleted archive (its entry's ``index_key``,
+    else the key beside it; deleting one that does not exist is a no-op)."""
 
     def targets(self) -> Iterator[tuple[Role, str]]:
         """``(role, key)`` of every key to delete, in deletion order."""
         yield from (("object", key) for key in self.objects)
         yield from (("archive", key) for key in self.archives)
+        yield from (("index", key) for key in self.indexes)
         yield from (("manifest", key) for key in self.manifests)
 
 
@@ -98,6 +103,7 @@ class _Targets:
         self.archives: list[str] = []
         self.manifests: list[str] = []
         self.members: dict[str, set[str]] = {}  # archive -> member paths listed one by one
+        self.index_keys: dict[str, str] = {}  # archive -> the index_key its shard entry names
         self._seen: set[str] = set()
 
     def add(self, bucket: list[str], key: str) -> None:
@@ -115,6 +121,8 @@ def _walk(read: ManifestReader, root: str, targets: _Targets) -> None:
             targets.add(targets.manifests, entry["key"])
         elif entry["kind"] == "shard":
             targets.add(targets.archives, entry["archive_key"])
+            if "index_key" in entry:
+                targets.index_keys.setdefault(entry["archive_key"], entry["index_key"])
         elif "archive_key" in entry:  # a shard member listed as a file: not its archive
             member = entry.get("member_path") or split_virtual_key(entry["key"])[1] or ""
             targets.members.setdefault(entry["archive_key"], set()).add(member)
@@ -169,6 +177,9 @@ def plan_delete_manifest(
         archives=tuple(targets.archives),
         manifests=tuple(reversed(targets.manifests)),
         kept=tuple(kept),
+        indexes=tuple(
+            dict.fromkeys(targets.index_keys.get(a) or index_key_for(a) for a in targets.archives)
+        ),
     )
     for role, key in plan.targets():
         try:
@@ -192,7 +203,8 @@ def delete_manifest(
     """
     objects, object_failures = bucket.delete_many(plan.objects)
     archives, archive_failures = bucket.delete_many(plan.archives)
-    failures: list[DeleteFailure] = object_failures + archive_failures
+    _, index_failures = bucket.delete_many(plan.indexes)
+    failures: list[DeleteFailure] = object_failures + archive_failures + index_failures
     manifests = 0
     if delete_manifests and not failures:
         manifests, manifest_failures = bucket.delete_many(plan.manifests)

@@ -431,9 +431,18 @@ class FastGetter:
     # -- reading -------------------------------------------------------------------------------
 
     def read(
-        self, key: str, physical: str, resume: RetryPolicy | None = None
+        self,
+        key: str,
+        physical: str,
+        resume: RetryPolicy | None = None,
+        *,
+        byte_range: tuple[int, int] | None = None,
+        if_match: str | None = None,
     ) -> tuple[bytes, str | None]:
         """The whole object at ``physical`` and its ETag; ``key`` names it in errors.
+
+        With ``byte_range`` (start, stop) only those bytes (a server that ignores ``Range`` is
+        sliced); with ``if_match`` an object whose ETag differs is ObjectChangedError.
 
         Raises botocore's ``ClientError`` for an error response and its connection errors
         once the client's attempts are spent (the caller translates both, as for botocore
@@ -448,12 +457,18 @@ class FastGetter:
         checksum: tuple[str, str] | None = None
         attempts = 0  # failed requests since the last response (the client's budget)
         failures = 0  # broken bodies without progress (the resume budget)
+        first, stop = byte_range if byte_range is not None else (0, None)
+        sliced = False  # the server answered the ranged GET with the whole object
         while True:
             extra: dict[str, str] = {}
-            if received:
+            if byte_range is not None and not sliced:
+                extra["Range"] = f"bytes={first + received}-{'' if stop is None else stop - 1}"
+            elif received:
                 extra["Range"] = f"bytes={received}-"
-                if etag:
-                    extra["If-Match"] = etag
+            if received and etag:
+                extra["If-Match"] = etag
+            elif if_match:
+                extra["If-Match"] = if_match
             try:
                 conn, response = self._request(path, extra)
             except _Broken as broken:
@@ -464,17 +479,18 @@ class FastGetter:
                 continue
             if response.status >= 300:
                 error = self._error(conn, response, key)
-                if received and response.status in (412, 416):
-                    raise ObjectChangedError(key=key, etag=etag) from error
+                if (received or if_match) and response.status in (412, 416):
+                    raise ObjectChangedError(key=key, etag=etag or if_match) from error
                 attempts += 1
                 if attempts >= self.max_attempts or not _retry_response(response, error):
                     raise error
                 time.sleep(self._backoff(attempts))
                 continue
             attempts = 0
-            if received and response.status == 200:  # the server ignored Range: start over
-                parts.clear()
+            if response.status == 200 and (received or (byte_range is not None and not sliced)):
+                parts.clear()  # the server ignored Range: start over (and slice at the end)
                 received = 0
+                sliced = byte_range is not None
             if not received:
                 etag = response.headers.get("etag")
                 checksum = self._checksum_header(response)
@@ -498,9 +514,9 @@ class FastGetter:
             else:
                 conn.close()
             data = parts[0] if len(parts) == 1 else b"".join(parts)
-            if checksum is not None:
+            if checksum is not None and (byte_range is None or sliced):
                 self._verify_checksum(key, data, checksum)
-            return data, etag
+            return (data[first:stop] if sliced else data), etag
 
     def _request(self, path: str, extra: dict[str, str]) -> tuple[_Connection, _Response]:
         """Send one signed GET and read the response head; raises :class:`_Broken`.

@@ -133,6 +133,7 @@ _SHARD_RULES: Final = {
     "size_bytes": _UINT,
     "members_size_bytes": _UINT,
     "etag": _STR,
+    "index_key": _NONEMPTY_STR,
 }
 _REF_RULES: Final = {"key": _NONEMPTY_STR}
 _KIND_RULES: Final = {

@@ -51,6 +51,7 @@ from .errors import ShardWriteError
 from .keys import KeySpace
 from .multipart import MIN_PART_SIZE, MultipartWriter
 from .shard_format import MAX_INTERNAL_MANIFEST_BYTES, member_path_problem
+from .shard_index import FLUSH_SPACING, MemberSpan, spans
 from .sources import InMemory
 from .tar_writer import tar_header
 from .types import INTERNAL_MANIFEST_PATH, Compression, ShardEntry, UpdateMode
@@ -136,11 +137,21 @@ class _GzipFrame:
         self._deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
         self._crc = 0
         self._size = 0
+        self.compressed = 0
+        """Deflated data bytes handed out so far (the head's excluded)."""
 
     def compress(self, data: bytes | memoryview) -> bytes:
         self._crc = zlib.crc32(data, self._crc)
         self._size += len(data)
-        return self._deflate.compress(data)
+        out = self._deflate.compress(data)
+        self.compressed += len(out)
+        return out
+
+    def full_flush(self) -> bytes:
+        """A full-flush point: inflating the data stream can start after these bytes."""
+        out = self._deflate.flush(zlib.Z_FULL_FLUSH)
+        self.compressed += len(out)
+        return out
 
     def finish(self, head: bytes) -> tuple[bytes, bytes]:
         """(gzip header + ``head`` deflated, sync-flushed; final deflate block + trailer)."""
@@ -307,6 +318,12 @@ class _ShardUpload:
         self.manifest_bytes = 0
         self.members_size = 0
         self.keys: set[str] = set()
+        self._position = 0
+        """Tar bytes written after the internal manifest member (which is made last)."""
+        self._placed: list[tuple[int, int, int]] = []
+        self._flush_points: list[tuple[int, int]] | None = [] if self._gzip is not None else None
+        self.spans: list[MemberSpan] = []
+        """Where each member lies in the finished archive (set by :meth:`finish`)."""
 
     @property
     def count(self) -> int:
@@ -316,7 +333,14 @@ class _ShardUpload:
         """Append one sample's members to the archive stream."""
         for member in members:
             size = len(member.data)
-            self._write(tar_header(member.path, size))
+            points = self._flush_points
+            if points is not None and (
+                not points or self._position - points[-1][0] >= FLUSH_SPACING
+            ):
+                self._flush_point()
+            header = tar_header(member.path, size)
+            self._placed.append((self._position, self._position + len(header), size))
+            self._write(header)
             for chunk in InMemory(member.data).chunks(_CHUNK):
                 self._write(chunk)
             if size % _BLOCK:
@@ -328,19 +352,36 @@ class _ShardUpload:
 
     def _write(self, data: bytes | memoryview) -> None:
         """Tar bytes in: deflated when gzip, then to the upload (head first, then parts)."""
+        self._position += len(data)
         self._writer.write(self._gzip.compress(data) if self._gzip is not None else data)
+
+    def _flush_point(self) -> None:
+        """Record a place the data stream inflates from alone (the fresh stream's start needs
+        no flush)."""
+        assert self._gzip is not None
+        assert self._flush_points is not None
+        if self._position:
+            self._writer.write(self._gzip.full_flush())
+        self._flush_points.append((self._position, self._gzip.compressed))
 
     def finish(self) -> ShardEntry:
         """End the archive, put the internal manifest in front, and complete the upload."""
         manifest = b"".join(self.lines)
         head = tar_header(INTERNAL_MANIFEST_PATH, len(manifest)) + manifest
         head += bytes(-len(head) % _BLOCK)
+        if self._gzip is not None:
+            self._flush_point()
         self._write(_EOF_MARKER)
         if self._gzip is not None:
             first, last = self._gzip.finish(head)
             self._writer.write(last)
         else:
             first = head
+        base, zbase = len(head), len(first)  # the data's offsets were counted from the head's end
+        placed = [(o + base, d + base, size) for o, d, size in self._placed]
+        points = self._flush_points
+        moved = None if points is None else [(u + base, c + zbase) for u, c in points]
+        self.spans = spans(placed, moved)
         self._writer.prepend(first)
         self._writer.close()
         entry: ShardEntry = {
@@ -511,7 +552,11 @@ class ShardWriter:
 
     def _finish_shard(self) -> None:
         assert self._shard is not None
-        self._entries.append(self._shard.finish())
+        shard = self._shard
+        entry = shard.finish()
+        members = [json.loads(line) for line in shard.lines]
+        entry["index_key"] = self._store.put_shard_index(entry, members, shard.spans)
+        self._entries.append(entry)
         self._shard = None
 
     def close(self) -> list[ShardEntry]:

@@ -4,12 +4,13 @@ do the work (``bucket`` for requests, ``manifest`` and ``shard`` for formats, ``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -33,7 +34,19 @@ from .keys import KeySpace, LiteralKey, resolve_template, split_virtual_key, vir
 from .multipart import DEFAULT_PART_SIZE, MultipartWriter
 from .samples import Shard, entry_id
 from .settings import redact_secrets_in_logs
+from .shard_format import CHECKSUM_FIELDS, WRITE_CHECKSUM, hexdigest, new_digest
 from .shard_format import member_path_problem as _member_path_problem
+from .shard_index import (
+    IndexedMember,
+    MemberSpan,
+    ShardIndex,
+    byte_range,
+    check_member,
+    encode_index,
+    extract,
+    index_key_for,
+    parse_index,
+)
 from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter, shard_compression
 from .sources import InMemory, Source, source_of
 from .tar_reader import ShardMember, iter_internal_manifest, iter_shard
@@ -555,6 +568,117 @@ class S3ExchangeStore:
             )
         return stream
 
+    def read_shard_index(self, entry: ShardEntry) -> ShardIndex:
+        """Where each member of a shard lies, for ranged reads (:mod:`~s3exchange.shard_index`).
+
+        Read from the entry's ``index_key``, else from the key beside the archive. A shard
+        without one (written before indexes, or by another tool) or whose index describes
+        another version of the archive is indexed by :meth:`scan_shard_index`, a pass over the
+        whole archive, with a warning: ``s3exchange index`` stores the index once.
+        """
+        archive = entry["archive_key"]
+        key = entry.get("index_key") or index_key_for(archive)
+        try:
+            data, _ = self._reconnecting(
+                key, lambda: self._bucket.read_object(key, retry=self.read_retry)
+            )
+        except ObjectNotFoundError:
+            why = "has no index"
+        else:
+            index = parse_index(data.splitlines(keepends=True), index_key=key)
+            listed = entry.get("etag")
+            if not (listed and index.etag and listed.strip('"') != index.etag.strip('"')):
+                return index
+            why = f"is not the archive its index {key!r} describes"
+        log.warning(
+            "shard %r %s: reading the whole archive once to index it "
+            "(`s3exchange index` stores an index)",
+            archive,
+            why,
+        )
+        return self.scan_shard_index(entry)
+
+    def scan_shard_index(self, entry: ShardEntry) -> ShardIndex:
+        """A shard's index made by streaming its archive once, checking every member (its
+        recorded checksum, or a crc32c computed and recorded here). A whole-stream .tar.gz
+        has no flush points, so its index is not :attr:`~ShardIndex.seekable`."""
+        archive = entry["archive_key"]
+        compression = entry.get("compression")
+        members: list[FileEntry] = []
+        spans: list[MemberSpan] = []
+        with self._open_archive(entry) as stream:
+            for member in iter_shard(
+                stream,
+                archive_key=archive,
+                compression=compression,
+                expected_count=entry.get("count"),
+                verify=True,
+                internal_manifest_path=entry.get("internal_manifest_path", INTERNAL_MANIFEST_PATH),
+            ):
+                digest = new_digest(WRITE_CHECKSUM)
+                while chunk := member.stream.read(1 << 20):
+                    digest.update(chunk)
+                found = {k: v for k, v in member.entry.items() if k != "archive_key"}
+                found["key"] = member.entry["member_path"]
+                if not any(name in found for name in CHECKSUM_FIELDS):
+                    found[WRITE_CHECKSUM] = hexdigest(digest)
+                members.append(cast(FileEntry, found))
+                spans.append(MemberSpan(member.offset, member.offset_data))
+            etag, size = stream.etag, stream.size
+        encoded = encode_index(
+            archive, members, spans, etag=etag, size_bytes=size, compression=compression
+        )
+        return parse_index(encoded.splitlines(keepends=True), index_key=index_key_for(archive))
+
+    def read_range(self, key: str, start: int, stop: int, *, etag: str | None = None) -> bytes:
+        """Bytes ``[start, stop)`` of ``key`` in one ranged GET (the fast GET path where it
+        applies); with ``etag``, an object whose ETag differs is ObjectChangedError."""
+        data, _ = self._reconnecting(
+            key,
+            lambda: self._bucket.read_object(
+                key, retry=self.read_retry, byte_range=(start, stop), if_match=etag
+            ),
+        )
+        return data
+
+    def read_indexed_member(
+        self, index: ShardIndex, member: IndexedMember, *, verify: bool | None = None
+    ) -> bytes:
+        """One member of an indexed shard in one ranged GET, checked against its recorded
+        checksum when ``verify`` (the store's default). Errors name archive and member.
+
+        A member of a whole-stream .tar.gz (no flush points) is streamed from the archive's
+        start instead: nothing else can read it.
+        """
+        if index.compression is not None and "gz_offset" not in member:
+            return self._stream_member(index, member["member_path"], verify)
+        start, stop = byte_range(member)
+        raw = (
+            b""
+            if start == stop
+            else self.read_range(index.archive_key, start, stop, etag=index.etag)
+        )
+        data = extract(member, raw, archive_key=index.archive_key)
+        if self.verify if verify is None else verify:
+            check_member(member, data, archive_key=index.archive_key)
+        return data
+
+    def _stream_member(self, index: ShardIndex, member_path: str, verify: bool | None) -> bytes:
+        entry: ShardEntry = {
+            "kind": "shard",
+            "archive_key": index.archive_key,
+            "compression": index.compression,
+        }
+        if index.etag:
+            entry["etag"] = index.etag
+        members = self.iter_shard_members(
+            entry, select=lambda _, e: e["member_path"] == member_path, verify=verify
+        )
+        with contextlib.closing(members):
+            for member in members:
+                return member.read()
+        raise ObjectNotFoundError(key=virtual_key(index.archive_key, member_path))
+
     def read_shard_manifest(self, entry: ShardEntry) -> list[FileEntry]:
         """A shard's internal manifest, read from the head of the archive only.
 
@@ -627,7 +751,26 @@ class S3ExchangeStore:
         }
         if writer.etag:
             entry["etag"] = writer.etag
+        entry["index_key"] = self.put_shard_index(entry, result.members, result.spans)
         return Shard(entry=entry, members=result.members)
+
+    def put_shard_index(
+        self, entry: ShardEntry, members: Sequence[FileEntry], spans: Sequence[MemberSpan]
+    ) -> str:
+        """Store the index of the archive ``entry`` describes (member offsets, for ranged
+        reads) beside it, after the archive; returns its key (:mod:`~s3exchange.shard_index`)."""
+        archive = entry["archive_key"]
+        key = index_key_for(archive)
+        data = encode_index(
+            archive,
+            members,
+            spans,
+            etag=entry.get("etag"),
+            size_bytes=entry.get("size_bytes"),
+            compression=entry.get("compression"),
+        )
+        self._bucket.put(key, data, content_type=MANIFEST_CONTENT_TYPE)
+        return key
 
     def put_sharded(
         self,

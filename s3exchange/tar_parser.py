@@ -100,12 +100,18 @@ class _GzipChunks:
 class _Buffer:
     """Serves bytes from a chunk source as zero-copy views, refilling only when empty."""
 
-    __slots__ = ("_end", "_next_chunk", "_pos", "_view")
+    __slots__ = ("_base", "_end", "_next_chunk", "_pos", "_view")
 
     def __init__(self, next_chunk: Callable[[], bytes]) -> None:
         self._next_chunk = next_chunk
         self._view = _EMPTY_VIEW
         self._pos = self._end = 0
+        self._base = 0  # stream bytes before the current chunk
+
+    @property
+    def position(self) -> int:
+        """Bytes taken so far: the offset of the next byte in the (uncompressed) stream."""
+        return self._base + self._pos
 
     def take(self, n: int) -> memoryview:
         """Up to ``n`` (> 0) bytes; empty only at the end of the stream."""
@@ -113,6 +119,7 @@ class _Buffer:
             chunk = self._next_chunk()
             if not chunk:
                 return _EMPTY_VIEW
+            self._base += self._end
             self._view = memoryview(chunk).cast("B")
             self._pos, self._end = 0, len(self._view)
         start = self._pos
@@ -138,6 +145,10 @@ class Header:
 
     name: str
     size: int
+    offset: int = 0
+    """Where the member's first header block (extended headers included) starts in the tar."""
+    offset_data: int = 0
+    """Where its data starts: ``tarfile``'s ``TarInfo.offset`` / ``offset_data``."""
 
 
 def _byte_sum(block: bytes) -> int:
@@ -171,6 +182,7 @@ class TarReader:
         """The next data member's header, or None after a well-formed end-of-archive marker."""
         pax: dict[str, str] = {}
         longname: str | None = None
+        offset = self._buffer.position
         while True:
             block = self._header_block()
             if block == ZERO_BLOCK:
@@ -191,7 +203,7 @@ class TarReader:
                     size = self._pax_size(pax["size"], name)
                 self._check_member(name, typeflag, pax)
                 self.last_member = name
-                return Header(name, size)
+                return Header(name, size, offset, self._buffer.position)
 
     def _header_block(self) -> bytes:
         block = self._buffer.take_exact(BLOCK)

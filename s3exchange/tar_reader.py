@@ -278,6 +278,10 @@ class ShardMember:
     index: int
     entry: FileEntry
     stream: ShardMemberStream
+    offset: int = 0
+    """Its header's offset in the (uncompressed) tar stream, as ``tarfile`` counts it."""
+    offset_data: int = 0
+    """Its data's offset there (what a shard index records)."""
 
     def read(self) -> bytes:
         """The whole (remaining) member data."""
@@ -373,7 +377,7 @@ def iter_shard(
             checksum = _checksum_of(entry) if verify else None
             stream = ShardMemberStream(reader, header.name, header.size, checksum, read_size)
             try:
-                yield ShardMember(index, entry, stream)
+                yield ShardMember(index, entry, stream, header.offset, header.offset_data)
                 stream._finish()
             finally:
                 stream.close()

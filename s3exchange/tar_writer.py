@@ -24,6 +24,7 @@ from .shard_format import (
     member_path_problem,
     new_digest,
 )
+from .shard_index import FLUSH_SPACING, MemberSpan, spans
 from .sources import InMemory, Reader, Source, source_of
 from .types import INTERNAL_MANIFEST_PATH, Compression, FileEntry, ShardItem
 
@@ -60,6 +61,8 @@ class ShardWriteResult:
     count: int
     members_size_bytes: int
     archive_size_bytes: int
+    spans: list[MemberSpan]
+    """Where each member lies in the archive, for its :mod:`~s3exchange.shard_index`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +90,18 @@ class _Sink:
         )
         self._pending = bytearray()
         self.written = 0
+        self.position = 0
+        """Uncompressed (tar) bytes written so far."""
+
+    def flush_point(self) -> tuple[int, int]:
+        """A full flush of the deflate stream (gzip only): inflating can start here without
+        any earlier byte. Returns (uncompressed, compressed) offsets of the point."""
+        assert self._zlib is not None
+        self._pending += self._zlib.flush(zlib.Z_FULL_FLUSH)
+        return self.position, self.written + len(self._pending)
 
     def write(self, data: bytes | memoryview) -> None:
+        self.position += len(data)
         if self._zlib is not None:
             data = self._zlib.compress(data)
         if len(data) < _COALESCE_BYTES:
@@ -311,12 +324,16 @@ def _member_chunks(
 
 def _write_member(
     sink: _Sink, name: str, size: int, chunks: Iterable[bytes | memoryview], mtime: int = 0
-) -> None:
+) -> tuple[int, int, int]:
+    """Write one member; returns its (header offset, data offset, size) in the tar stream."""
+    offset = sink.position
     sink.write(tar_header(name, size, mtime))
+    placed = (offset, sink.position, size)
     for chunk in chunks:
         sink.write(chunk)
     if size % BLOCK:
         sink.write(ZERO_BLOCK[: BLOCK - size % BLOCK])
+    return placed
 
 
 def write_shard(
@@ -327,6 +344,7 @@ def write_shard(
     compression: Compression = None,
     compresslevel: int = 6,
     chunk_size: int = 1 << 20,
+    flush_spacing: int = FLUSH_SPACING,
 ) -> ShardWriteResult:
     """Stream a shard of ``items`` to ``out`` (which need not be seekable).
 
@@ -337,6 +355,12 @@ def write_shard(
     unreadable sources raise :class:`ShardWriteError` before anything is written; a source that
     changes during the data pass raises mid-stream, leaving ``out`` without the end-of-archive
     marker (and, for gzip, without a trailer), so no reader accepts it.
+
+    The result's ``spans`` say where each member lies (:mod:`~s3exchange.shard_index`). A gzip
+    shard is one gzip member with a full-flush point before a member header once
+    ``flush_spacing`` bytes (:data:`~s3exchange.shard_index.FLUSH_SPACING`) have passed since
+    the last one (and one before the end-of-archive marker), so each member is inflated from its
+    range alone.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -353,9 +377,18 @@ def write_shard(
     # writes its trailer from __del__ if an error leaves it open, making a broken shard look whole.
     sink = _Sink(out, compression, compresslevel)
     _write_member(sink, INTERNAL_MANIFEST_PATH, len(manifest), [manifest])
+    placed: list[tuple[int, int, int]] = []
+    flush_points: list[tuple[int, int]] | None = [] if compression == "gzip" else None
     for plan in plans:
+        if flush_points is not None and (
+            not flush_points or sink.position - flush_points[-1][0] >= flush_spacing
+        ):
+            flush_points.append(sink.flush_point())
         chunks = _member_chunks(plan, chunk_size, archive_key)
-        _write_member(sink, plan.path, plan.size, chunks, plan.source.mtime())
+        mtime = plan.source.mtime()
+        placed.append(_write_member(sink, plan.path, plan.size, chunks, mtime))
+    if flush_points is not None:
+        flush_points.append(sink.flush_point())
     sink.write(_EOF_MARKER)
     sink.finish()
     return ShardWriteResult(
@@ -363,4 +396,5 @@ def write_shard(
         count=len(plans),
         members_size_bytes=sum(plan.size for plan in plans),
         archive_size_bytes=sink.written,
+        spans=spans(placed, flush_points),
     )

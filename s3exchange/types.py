@@ -57,6 +57,8 @@ class ShardEntry(TypedDict, total=False):
     size_bytes: int
     members_size_bytes: int
     etag: str
+    index_key: str
+    """The archive's :mod:`~s3exchange.shard_index` (member offsets for ranged reads)."""
 
 
 class ManifestRefEntry(TypedDict, total=False):

@@ -10,6 +10,7 @@ from s3exchange.samples import key_and_field
 from .collate import PackedBatch, Sample, pack_bytes
 from .dataset import S3ExchangeIterableDataset, SampleTooLargeError
 from .loader import LoaderWorkerError, S3ExchangeLoader, collate_into
+from .mapdataset import S3ExchangeMapDataset
 from .mixing import Source
 from .plan import Balance, EpochPlan, Segment
 from .units import GroupBy
@@ -22,6 +23,7 @@ __all__ = [
     "PackedBatch",
     "S3ExchangeIterableDataset",
     "S3ExchangeLoader",
+    "S3ExchangeMapDataset",
     "Sample",
     "SampleTooLargeError",
     "Segment",

@@ -64,6 +64,7 @@ S3EXCHANGE_TORCH = [
     "PackedBatch",
     "S3ExchangeIterableDataset",
     "S3ExchangeLoader",
+    "S3ExchangeMapDataset",
     "Sample",
     "SampleTooLargeError",
     "Segment",

@@ -153,7 +153,8 @@ def test_pack_then_inspect_verify_cat_and_compact(
     listed = cli.jsonl("ls", "data/", "--json")
     assert {o["key"]: o["size"] for o in listed} == stored
     text = cli.ok("ls", "data/shards").decode().splitlines()
-    assert [line.split() for line in text] == [[str(stored[k]), k] for k in shard_keys]
+    listed_keys = [k for key in shard_keys for k in (key, f"{key}.index.jsonl")]
+    assert [line.split() for line in text] == [[str(stored[k]), k] for k in listed_keys]
 
     roots = cli.jsonl("manifest", "show", "data/train.jsonl", "--no-resolve")
     assert [e["kind"] for e in roots] == ["manifest_ref"]
@@ -395,7 +396,11 @@ def test_rm_lists_refuses_without_confirmation_and_deletes(
         ("archive", "a/shards/shard-00000.tar"),
         ("archive", "a/shards/shard-00001.tar"),
     ]
-    assert [r for r, _ in roles[2:]] == ["manifest", "manifest"]
+    assert roles[2:4] == [
+        ("index", "a/shards/shard-00000.tar.index.jsonl"),
+        ("index", "a/shards/shard-00001.tar.index.jsonl"),
+    ]
+    assert [r for r, _ in roles[4:]] == ["manifest", "manifest"]
     assert roles[-1] == ("manifest", "a/train.jsonl")
     assert "pass --yes" in cli.fails(EXIT_USAGE, "rm", "--prefix", "logs/")
     cli.fails(EXIT_USAGE, "rm", "--manifest", "a/train.jsonl")

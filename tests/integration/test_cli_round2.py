@@ -65,6 +65,7 @@ def test_rm_manifest_of_an_expanded_manifest_shows_and_asks_about_the_archive(
     listed = cli.jsonl("rm", "--manifest", "flat.jsonl", "--dry-run", "--json")
     assert listed == [
         {"role": "archive", "key": "shards/s.tar"},
+        {"role": "index", "key": "shards/s.tar.index.jsonl"},
         {"role": "manifest", "key": "flat.jsonl"},
     ]
     code, err = _prompt(cli, "rm", "--manifest", "flat.jsonl", answer=b"n\n")

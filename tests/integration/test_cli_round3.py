@@ -167,6 +167,7 @@ def test_s3_urls_give_the_bucket_to_every_command(
     listed = url.jsonl("ls", f"s3://{bucket}/y/", "--json")
     assert [o["key"] for o in listed if "parts/" not in o["key"]] == [
         "y/shards/shard-00000.tar",
+        "y/shards/shard-00000.tar.index.jsonl",
         "y/train.jsonl",
     ]
     assert url.ok("cat", f"s3://{bucket}/y/shards/shard-00000.tar#0001.json") == b'{"label": 1}'

@@ -450,7 +450,7 @@ def test_an_exception_in_a_later_shard_keeps_the_finished_ones_unlisted(
         for sample in big_samples(10):
             writer.write(sample)
         raise Boom
-    assert stored_keys(s3_client, bucket) == ["y/0.tar"]
+    assert stored_keys(s3_client, bucket) == ["y/0.tar", "y/0.tar.index.jsonl"]
     assert pending_uploads(s3_client, bucket) == []
     assert [e["archive_key"] for e in writer.entries] == ["y/0.tar"]
 
@@ -504,7 +504,11 @@ def test_closing_an_empty_writer(store: S3ExchangeStore, s3_client: S3Client, bu
         pass
     with store.shard_writer("e/{index}.tar") as writer:
         writer.write({"__key__": "only", "x": b"1"})
-    assert sorted(stored_keys(s3_client, bucket)) == ["e/0.tar", "e/over.jsonl"]
+    assert sorted(stored_keys(s3_client, bucket)) == [
+        "e/0.tar",
+        "e/0.tar.index.jsonl",
+        "e/over.jsonl",
+    ]
 
 
 def test_manifest_and_pattern_take_store_vars(s3_client: S3Client, bucket: str) -> None:
@@ -514,7 +518,11 @@ def test_manifest_and_pattern_take_store_vars(s3_client: S3Client, bucket: str) 
     ) as w:
         w.write({"__key__": "k", "x": b"1"})
     assert [e["archive_key"] for e in w.entries] == ["j7/r1/00.tar"]
-    assert sorted(stored_keys(s3_client, bucket)) == ["base/j7/m.jsonl", "base/j7/r1/00.tar"]
+    assert sorted(stored_keys(s3_client, bucket)) == [
+        "base/j7/m.jsonl",
+        "base/j7/r1/00.tar",
+        "base/j7/r1/00.tar.index.jsonl",
+    ]
     assert [s.read() for s, _ in store.iter_objects("j7/m.jsonl")] == [b"1"]
 
 
@@ -569,6 +577,8 @@ def test_readme_shard_writer_snippet_runs_as_written(store: S3ExchangeStore) -> 
         "size_bytes",
         "members_size_bytes",
         "etag",
+        "index_key",
     }
+    assert entry["index_key"] == "train/shards/shard-000000.tar.index.jsonl"
     got = [(e["member_path"], s.read()) for s, e in store.iter_objects("train/manifest.jsonl")]
     assert got[:2] == [("00000000.jpg", b"\xff\xd8 jpeg 0"), ("00000000.json", b'{"label": 0}')]
