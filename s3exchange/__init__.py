@@ -5,6 +5,7 @@ package never imports torch; the PyTorch dataset lives in :mod:`s3exchange_torch
 """
 
 from .body import ObjectStream, RetryPolicy
+from .config import TransferConfig
 from .errors import (
     AccessDeniedError,
     ConcurrentModificationError,
@@ -79,6 +80,7 @@ __all__ = [
     "ShardWriteError",
     "ShardWriter",
     "StorageError",
+    "TransferConfig",
     "UploadError",
     "__version__",
 ]

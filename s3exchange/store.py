@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from . import compaction, deletion, manifest, parts
 from .body import CheckedStream, ObjectStream, OpenedBody, RetryPolicy, inner_stream
 from .bucket import Bucket, ClientFactory, error_code, translate
+from .config import TransferConfig
 from .errors import (
     IntegrityError,
     InvalidKeyError,
@@ -31,7 +32,7 @@ from .errors import (
     StorageError,
 )
 from .keys import KeySpace, LiteralKey, resolve_template, split_virtual_key, virtual_key
-from .multipart import DEFAULT_PART_SIZE, MultipartWriter
+from .multipart import MultipartWriter
 from .samples import Shard, entry_id
 from .settings import redact_secrets_in_logs
 from .shard_format import CHECKSUM_FIELDS, WRITE_CHECKSUM, hexdigest, new_digest
@@ -76,9 +77,6 @@ log = logging.getLogger(__name__)
 ManifestSource = str | Iterable[ManifestEntry]
 """A manifest key (template allowed) or entries already in hand."""
 
-RECONNECT_SECONDS = 30.0
-"""How long a read keeps retrying a server it cannot reach (``S3ExchangeStore(reconnect_s=)``,
-``S3EXCHANGE_RECONNECT_TIMEOUT``): a restarting server or a brief network outage."""
 _RECONNECT_BACKOFF = RetryPolicy(backoff_s=0.2, max_backoff_s=2.0)
 """Pauses between attempts to reach a server: full jitter up to 0.2 s doubling to 2 s."""
 
@@ -121,26 +119,31 @@ class S3ExchangeStore:
         default_vars: Mapping[str, Any] | None = None,
         *,
         infer_id: Callable[[str], str] | None = None,
-        part_size: int = DEFAULT_PART_SIZE,
-        upload_concurrency: int = 2,
+        config: TransferConfig | None = None,
+        part_size: int | None = None,
+        upload_concurrency: int | None = None,
         verify: bool = True,
         read_retry: RetryPolicy | None = None,
         conditional_writes: Literal["auto", "off"] = "auto",
-        reconnect_s: float = RECONNECT_SECONDS,
+        reconnect_s: float | None = None,
         _client_factory: ClientFactory | None = None,
     ) -> None:
-        """``_client_factory`` (private, for :meth:`from_settings`) rebuilds the client in
+        """``config`` holds the tuning knobs (:class:`~s3exchange.config.TransferConfig`);
+        ``part_size``, ``upload_concurrency``, ``read_retry`` and ``reconnect_s`` override its
+        fields. ``_client_factory`` (private, for :meth:`from_settings`) rebuilds the client in
         another process; by default it is captured from ``s3_client``."""
         self.bucket = bucket
         self.base_prefix = KeySpace(base_prefix).base_prefix
         self.default_vars: dict[str, Any] = dict(default_vars or {})
         self.infer_id = infer_id or id_from_key
-        self.part_size = part_size
-        self.upload_concurrency = upload_concurrency
+        self.config = (config or TransferConfig()).replace(
+            part_size=part_size,
+            upload_concurrency=upload_concurrency,
+            read_retry=read_retry,
+            reconnect_s=reconnect_s,
+        )
         self.verify = verify
-        self.read_retry = read_retry or RetryPolicy()
         self.conditional_writes = conditional_writes
-        self.reconnect_s = reconnect_s
         self._bucket = Bucket(s3_client, bucket, KeySpace(base_prefix), factory=_client_factory)
         redact_secrets_in_logs()
 
@@ -159,9 +162,30 @@ class S3ExchangeStore:
         if not bucket:
             raise ValueError("no bucket: set S3EXCHANGE_BUCKET or pass bucket=")
         kwargs.setdefault("base_prefix", settings.base_prefix)
-        kwargs.setdefault("reconnect_s", settings.reconnect_timeout)
+        if "config" not in kwargs:  # a config given whole is taken as it is
+            kwargs.setdefault("reconnect_s", settings.reconnect_timeout)
         factory = ClientFactory.from_settings(settings)
         return cls(settings.create_client(), bucket, _client_factory=factory, **kwargs)
+
+    @property
+    def part_size(self) -> int:
+        """``config.part_size``: bytes per part of a multipart upload."""
+        return self.config.part_size
+
+    @property
+    def upload_concurrency(self) -> int:
+        """``config.upload_concurrency``: parts of one upload in flight."""
+        return self.config.upload_concurrency
+
+    @property
+    def read_retry(self) -> RetryPolicy:
+        """``config.read_retry``: how a broken GET body is resumed."""
+        return self.config.read_retry
+
+    @property
+    def reconnect_s(self) -> float:
+        """``config.reconnect_s``: seconds a read retries a server it cannot reach."""
+        return self.config.reconnect_s
 
     @property
     def s3_client(self) -> S3Client:

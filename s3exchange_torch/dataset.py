@@ -45,7 +45,14 @@ DataLoader worker's own one in a worker): the configuration, the epoch and the n
 delivered, a few integers. After ``load_state_dict``, the next ``iter()`` replays the shuffle
 buffer's decisions over sample positions, fetches only the samples still buffered and those
 not yet read, and continues the interrupted sequence exactly: nothing is lost or repeated.
-``torchdata.stateful_dataloader.StatefulDataLoader`` calls both in each worker.
+``torchdata.stateful_dataloader.StatefulDataLoader`` calls both in each worker. On other ranks
+or workers, :meth:`~S3ExchangeIterableDataset.merge_states` turns the saved states into one
+that every rank of the new job loads, each reading its share of what was not delivered
+(:mod:`s3exchange_torch.resume`).
+
+**Mixing.** :meth:`~S3ExchangeIterableDataset.mix` reads several manifests as one, each source
+a weighted quota per epoch, evenly interleaved (:mod:`s3exchange_torch.mixing`); each source
+has its own prefetcher, so each still reads long runs of its own shards.
 
 **Grouping.** ``group_by="key"`` plans in samples of webdataset keys so that a sample's files are
 never split across ranks or workers: a shard's count is its number of key groups, read from its
@@ -75,12 +82,12 @@ from s3exchange.types import ManifestEntry
 
 from .mixing import MixPlan, Source, Stop, check_stop, quotas, source_segments
 from .plan import Balance, EpochPlan, Segment, check_balance, rank_size
-from .prefetch import MAX_SAMPLE_BYTES, Item, Prefetcher, SampleTooLargeError, plan_jobs
+from .prefetch import Item, Prefetcher, SampleTooLargeError, plan_jobs
 from .resume import Remainder, Run, merge_states, worker_rng
 from .shuffle import ResumePoint, replay, shuffled
 from .units import GroupBy, Unit, resolve_units
 
-__all__ = ["MAX_SAMPLE_BYTES", "STATE_VERSION", "S3ExchangeIterableDataset", "SampleTooLargeError"]
+__all__ = ["STATE_VERSION", "S3ExchangeIterableDataset", "SampleTooLargeError"]
 
 log = logging.getLogger(__name__)
 
@@ -214,13 +221,16 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         shuffle_buffer: samples in the shuffle buffer of each worker (only with ``shuffle``).
         group_by: ``None`` for a sample per file; ``"key"`` for a webdataset-style sample per
             key, never split across ranks or workers.
+        io_threads, prefetch_shards, max_sample_bytes: override the store's
+            :class:`~s3exchange.TransferConfig` (``store.config``, whose docstring gives the
+            memory they imply) for this dataset; ``None`` keeps the store's.
         io_threads: loose objects requested concurrently per worker; ``None`` sizes it to the
             client's connection pool (``max_pool_connections`` minus the shard streams, at
             most 32), so raise the pool for more concurrency on high-latency stores.
-        prefetch_shards: shards streamed ahead of the one being consumed, per worker.
+        prefetch_shards: shards streamed ahead of the one being consumed, per worker (2).
         verify: check sizes and checksums (crc32c / sha256) against the manifest
             (``None``: the store's default).
-        max_sample_bytes: largest shard member or loose file read (default 256 MiB): a
+        max_sample_bytes: largest shard member or loose file read (256 MiB): a
             larger one raises :class:`~s3exchange_torch.prefetch.SampleTooLargeError` naming
             archive and member, from the size its header or manifest entry gives, before any
             of it is read (a sample is held whole, up to ``shuffle_buffer`` of them).
@@ -244,19 +254,22 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         shuffle_buffer: int = 1000,
         group_by: GroupBy = None,
         io_threads: int | None = None,
-        prefetch_shards: int = 2,
+        prefetch_shards: int | None = None,
         verify: bool | None = None,
-        max_sample_bytes: int = MAX_SAMPLE_BYTES,
+        max_sample_bytes: int | None = None,
         allow_unfinished: bool = False,
     ) -> None:
         super().__init__()
-        if max_sample_bytes < 1:
-            raise ValueError(f"max_sample_bytes must be >= 1, got {max_sample_bytes}")
         check_balance(balance)
         if group_by not in (None, "key"):
             raise ValueError(f"group_by must be None or 'key', got {group_by!r}")
-        if (io_threads is not None and io_threads < 1) or prefetch_shards < 0 or shuffle_buffer < 0:
-            raise ValueError("io_threads must be >= 1, prefetch_shards and shuffle_buffer >= 0")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        self._transfer = store.config.replace(
+            io_threads=io_threads,
+            prefetch_shards=prefetch_shards,
+            max_sample_bytes=max_sample_bytes,
+        )
         default_rank, default_world = _default_rank_world()
         self._rank = default_rank if rank is None else rank
         self._world_size = default_world if world_size is None else world_size
@@ -273,10 +286,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         self._balance: Balance = balance
         self._shuffle_buffer = shuffle_buffer
         self._group_by: GroupBy = group_by
-        self._io_threads = io_threads
-        self._prefetch_shards = prefetch_shards
         self._verify = verify
-        self._max_sample_bytes = max_sample_bytes
         self._allow_unfinished = allow_unfinished
         # Shared memory: persistent workers see set_epoch() at their next iter().
         self._epoch = torch.zeros((), dtype=torch.int64)
@@ -528,8 +538,9 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             point = replay(progress.total, self._shuffle_buffer, rng, progress.emitted)
         else:
             point = ResumePoint(progress.emitted)
-        shard_streams = 1 + self._prefetch_shards
-        io_threads = _io_threads(self._store, self._io_threads, shard_streams, progress.num_workers)
+        config, workers = self._transfer, progress.num_workers
+        shard_streams = 1 + config.prefetch_shards
+        io_threads = _io_threads(self._store, config.io_threads, shard_streams, workers)
         points = [point] if order is None else _source_points(point, order(), len(feeds))
         prefetchers = [
             Prefetcher(
@@ -537,9 +548,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
                 plan_jobs(units, segments, source_point),
                 group_by=self._group_by,
                 io_threads=max(1, io_threads // len(feeds)),
-                prefetch_shards=self._prefetch_shards,
                 verify=self._verify,
-                max_sample_bytes=self._max_sample_bytes,
+                config=config,
             )
             for (units, segments), source_point in zip(feeds, points, strict=True)
         ]

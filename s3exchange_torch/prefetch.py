@@ -5,13 +5,16 @@ still needs). :class:`Prefetcher` keeps a window of jobs in flight, in plan orde
 
 - a shard job gets a thread of its own that streams the archive's GET body through
   :meth:`~s3exchange.S3ExchangeStore.iter_shard_members` and hands over *lists* of samples
-  (at most ``CHUNK_SAMPLES`` samples or ``CHUNK_BYTES`` bytes) through a queue of
-  ``QUEUE_CHUNKS`` lists, so the consumer pays one thread hand-off per list, not per sample, and
+  (at most ``chunk_samples`` samples or ``chunk_bytes`` bytes) through a queue of
+  ``queue_chunks`` lists, so the consumer pays one thread hand-off per list, not per sample, and
   a shard's memory is bounded by the queue, never by its size. At most ``1 + prefetch_shards``
   shards are open at once (the one being consumed and the read-ahead);
 - a loose file job is a future on a pool of ``io_threads`` daemon threads; up to
   ``2 * io_threads`` loose files are requested ahead, so per-request latency overlaps instead
   of adding up, while results are still consumed strictly in plan order.
+
+The sizes are the store's :class:`~s3exchange.config.TransferConfig` (whose docstring gives the
+memory they imply), as the dataset resolved it.
 
 Every thread is a daemon and checks a stop event between members and while waiting on a full
 queue, so :meth:`Prefetcher.close` (called when the consuming generator finishes, raises, is
@@ -30,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from s3exchange import S3ExchangeError, S3ExchangeStore, ShardReadError
+from s3exchange import S3ExchangeError, S3ExchangeStore, ShardReadError, TransferConfig
 from s3exchange.samples import key_and_field
 from s3exchange.shard import ShardMember
 from s3exchange.types import FileEntry, ShardEntry
@@ -41,10 +44,6 @@ from .shuffle import ResumePoint
 from .units import GroupBy, Unit, loose_sample, member_path
 
 __all__ = [
-    "CHUNK_BYTES",
-    "CHUNK_SAMPLES",
-    "MAX_SAMPLE_BYTES",
-    "QUEUE_CHUNKS",
     "Job",
     "Prefetcher",
     "SampleTooLargeError",
@@ -52,17 +51,7 @@ __all__ = [
     "plan_jobs",
 ]
 
-CHUNK_SAMPLES = 64
-"""Most samples a shard thread hands over at once."""
-CHUNK_BYTES = 1 << 20
-"""A shard thread hands over its list once it holds this many bytes."""
-QUEUE_CHUNKS = 4
-"""Lists a shard thread may have ready before it waits for the consumer."""
 _POLL_S = 0.1
-MAX_SAMPLE_BYTES = 256 << 20
-"""Default ``max_sample_bytes``: a sample is held whole in memory (and up to ``shuffle_buffer``
-of them per worker), so a member or file above it is refused before a byte of it is read; a
-3 GiB member of a 3 MB .tar.gz once drove a worker to 6.4 GiB RSS."""
 """How often a thread blocked on a full queue looks at the stop event."""
 
 Item: TypeAlias = tuple[Any, Any]
@@ -188,8 +177,10 @@ _END = object()
 class _ShardRead:
     """One shard job streamed by its own thread into a bounded queue of sample lists."""
 
-    def __init__(self, reader: Callable[[], Iterator[list[Item]]], stop: threading.Event) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_CHUNKS)
+    def __init__(
+        self, reader: Callable[[], Iterator[list[Item]]], stop: threading.Event, queue_chunks: int
+    ) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(queue_chunks)
         self._stop = stop
         self._reader = reader
         thread = threading.Thread(target=self._run, name="s3exchange-torch-shard", daemon=True)
@@ -302,7 +293,11 @@ def _member_data(member: ShardMember, archive_key: str, limit: int) -> bytes:
 
 
 def _shard_members(
-    store: S3ExchangeStore, job: Job, verify: bool | None, stop: threading.Event, limit: int
+    store: S3ExchangeStore,
+    job: Job,
+    verify: bool | None,
+    stop: threading.Event,
+    config: TransferConfig,
 ) -> Iterator[list[Item]]:
     """A shard job's ``(data, entry)`` samples, in lists; stops reading after the last one."""
     entry: ShardEntry = job.unit  # type: ignore[assignment]
@@ -315,13 +310,13 @@ def _shard_members(
     size = 0
     try:
         for member in members:
-            data = _member_data(member, entry["archive_key"], limit)
+            data = _member_data(member, entry["archive_key"], config.max_sample_bytes)
             chunk.append(Sample(data, member.entry))
             size += len(data)
             remaining -= 1
             if not remaining or stop.is_set():
                 break
-            if len(chunk) >= CHUNK_SAMPLES or size >= CHUNK_BYTES:
+            if len(chunk) >= config.chunk_samples or size >= config.chunk_bytes:
                 yield chunk
                 chunk, size = [], 0
     finally:
@@ -366,7 +361,11 @@ class _GroupSelector:
 
 
 def _shard_groups(
-    store: S3ExchangeStore, job: Job, verify: bool | None, stop: threading.Event, limit: int
+    store: S3ExchangeStore,
+    job: Job,
+    verify: bool | None,
+    stop: threading.Event,
+    config: TransferConfig,
 ) -> Iterator[list[Item]]:
     """A grouped shard job's ``(sample, entries)`` samples, in lists."""
     entry: ShardEntry = job.unit  # type: ignore[assignment]
@@ -387,14 +386,14 @@ def _shard_groups(
                 if entries:
                     chunk.append((sample, entries))
                     remaining -= 1
-                    if len(chunk) >= CHUNK_SAMPLES or size >= CHUNK_BYTES:
+                    if len(chunk) >= config.chunk_samples or size >= config.chunk_bytes:
                         yield chunk
                         chunk, size = [], 0
                 group = selector.group
                 key = key_and_field(member_path(member.entry))
                 sample = {"__key__": key[0] if key else "", "__url__": archive}
                 entries = []
-            data = _member_data(member, archive, limit)
+            data = _member_data(member, archive, config.max_sample_bytes)
             sample[selector.field] = data
             entries.append(member.entry)
             size += len(data)
@@ -426,12 +425,13 @@ class Prefetcher:
         *,
         group_by: GroupBy = None,
         io_threads: int = 16,
-        prefetch_shards: int = 2,
         verify: bool | None = None,
-        max_sample_bytes: int = MAX_SAMPLE_BYTES,
+        config: TransferConfig | None = None,
     ) -> None:
+        """``io_threads`` is the number resolved for this prefetcher; the other sizes (shard
+        read-ahead, chunks, queue, largest sample) are ``config``'s."""
         self._store = store
-        self._limit = max_sample_bytes
+        self._config = config = config or TransferConfig()
         self._jobs = iter(jobs)
         self._next: Job | None = next(self._jobs, None)
         self._group_by = group_by
@@ -445,7 +445,7 @@ class Prefetcher:
         # from the start split the first shard's bandwidth and CPU, and a forked worker's
         # first sample took 37 ms instead of 20 (2 cores, 100 KiB members).
         self._max_shards = 1
-        self._read_ahead = 1 + max(0, prefetch_shards)
+        self._read_ahead = 1 + config.prefetch_shards
         self._max_files = 2 * max(1, io_threads)
 
     def chunks(self) -> Iterator[list[Item]]:
@@ -485,7 +485,8 @@ class Prefetcher:
             if isinstance(job.unit, dict) and job.unit["kind"] == "shard":
                 if self._shards >= self._max_shards:
                     return
-                self._window.append(_ShardRead(self._reader(job), self._stop))
+                reader = self._reader(job)
+                self._window.append(_ShardRead(reader, self._stop, self._config.queue_chunks))
                 self._shards += 1
             else:
                 entries = job.unit if isinstance(job.unit, tuple) else (job.unit,)
@@ -497,12 +498,12 @@ class Prefetcher:
             self._next = next(self._jobs, None)
 
     def _reader(self, job: Job) -> Callable[[], Iterator[list[Item]]]:
-        store, verify, stop, limit = self._store, self._verify, self._stop, self._limit
+        store, verify, stop, config = self._store, self._verify, self._stop, self._config
         read = _shard_members if self._group_by is None else _shard_groups
-        return lambda: read(store, job, verify, stop, limit)
+        return lambda: read(store, job, verify, stop, config)
 
     def _fetch(self, entry: FileEntry) -> Callable[[], bytes]:
-        store, verify, limit = self._store, self._verify, self._limit
+        store, verify, limit = self._store, self._verify, self._config.max_sample_bytes
         return lambda: _read_file(store, entry, verify, limit)
 
     def close(self) -> None:

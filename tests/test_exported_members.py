@@ -52,6 +52,7 @@ S3EXCHANGE = [
     "ShardWriteError",
     "ShardWriter",
     "StorageError",
+    "TransferConfig",
     "UploadError",
     "__version__",
 ]

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from s3exchange import S3ExchangeStore, ShardReadError
+from s3exchange import S3ExchangeStore, ShardReadError, TransferConfig
 from s3exchange.shard import MAX_INTERNAL_MANIFEST_BYTES, write_shard
 from s3exchange.types import INTERNAL_MANIFEST_PATH, ShardItem
 from s3exchange_torch import S3ExchangeIterableDataset
-from s3exchange_torch.dataset import MAX_SAMPLE_BYTES, SampleTooLargeError
+from s3exchange_torch.dataset import SampleTooLargeError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -149,7 +149,7 @@ def test_the_dataset_refuses_a_member_over_max_sample_bytes_before_reading_it(
     assert "\n" not in str(error)
     assert (error.key, error.member_path) == ("bomb.tar.gz", "bomb.bin")
     assert peak < BOUND, f"{peak / MiB:.0f} MiB traced"
-    assert 256 * MiB == MAX_SAMPLE_BYTES
+    assert 256 * MiB == TransferConfig().max_sample_bytes
 
 
 def test_the_dataset_refuses_loose_files_and_listed_members_over_max_sample_bytes(

@@ -1,0 +1,40 @@
+"""The reading knobs of TransferConfig reach the shard read-ahead (a real server, moto)."""
+
+from __future__ import annotations
+
+import pytest
+
+from s3exchange import S3ExchangeStore, ShardItem, TransferConfig
+from s3exchange_torch.plan import Segment
+from s3exchange_torch.prefetch import Prefetcher, SampleTooLargeError, plan_jobs
+
+
+@pytest.mark.parametrize(
+    ("config", "lengths"),
+    [
+        (TransferConfig(chunk_samples=3), [3, 3, 3, 1]),
+        (TransferConfig(chunk_bytes=150), [2, 2, 2, 2, 2]),
+        (TransferConfig(), [10]),
+    ],
+    ids=["chunk_samples", "chunk_bytes", "defaults"],
+)
+def test_a_shard_is_handed_over_in_lists_the_config_sizes(
+    store: S3ExchangeStore, config: TransferConfig, lengths: list[int]
+) -> None:
+    items: list[ShardItem] = [
+        {"source": bytes([i]) * 100, "member_path": f"{i:02}.bin"} for i in range(10)
+    ]
+    entry = store.put_shard_archive("s.tar", items).entry
+    prefetcher = Prefetcher(store, plan_jobs([entry], [Segment(0, 0, 10)]), config=config)
+    chunks = list(prefetcher.chunks())
+    assert [len(chunk) for chunk in chunks] == lengths
+    datas = [sample[0] for chunk in chunks for sample in chunk]
+    assert datas == [item["source"] for item in items]
+
+
+def test_max_sample_bytes_of_the_config_refuses_a_member(store: S3ExchangeStore) -> None:
+    entry = store.put_shard_archive("s.tar", [{"source": b"x" * 200, "member_path": "a.bin"}])
+    config = TransferConfig(max_sample_bytes=199)
+    prefetcher = Prefetcher(store, plan_jobs([entry.entry], [Segment(0, 0, 1)]), config=config)
+    with pytest.raises(SampleTooLargeError, match="200 bytes exceed max_sample_bytes=199"):
+        list(prefetcher.chunks())
