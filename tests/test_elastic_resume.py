@@ -64,19 +64,25 @@ topology_st = st.tuples(st.integers(1, 6), st.integers(1, 4), st.just(None))
 
 @settings(max_examples=150, deadline=None)
 @given(
-    num_samples=st.integers(0, 300),
+    counts=st.lists(st.one_of(st.just(1), st.integers(0, 40)), max_size=30),
+    shuffle=st.booleans(),
     topologies=st.lists(topology_st, min_size=2, max_size=7),
-    buffer=st.sampled_from([0, 1, 4, 37]),
+    buffer=st.sampled_from([1, 4, 37]),
     fractions=st.lists(st.floats(0, 1), min_size=7, max_size=7),
     seed=st.integers(0, 2**32),
 )
 def test_any_chain_of_resumes_delivers_the_epoch_exactly_once(
-    num_samples: int,
+    counts: list[int],
+    shuffle: bool,
     topologies: list[Topology],
     buffer: int,
     fractions: list[float],
     seed: int,
 ) -> None:
+    """Uneven shards and loose files (count 1), unit order and shuffle buffer on or off."""
+    plan = EpochPlan(counts, seed=SEED, epoch=EPOCH, shuffle=shuffle)
+    num_samples = plan.num_samples
+    buffer = buffer if shuffle else 0
     rnd = random.Random(seed)
     runs: list[Run] = []
     delivered: list[int] = []
@@ -85,6 +91,13 @@ def test_any_chain_of_resumes_delivers_the_epoch_exactly_once(
     last = finish(num_samples, runs, topologies[-1], buffer)
     delivered += [p for order in last for p in order]
     assert Counter(delivered) == Counter(range(num_samples))
+    samples = Counter(
+        (segment.unit, member)
+        for position in delivered
+        for segment in plan.segments_at([(position, position + 1)])
+        for member in range(segment.start, segment.stop)
+    )
+    assert samples == Counter((u, m) for u, count in enumerate(counts) for m in range(count))
 
 
 def test_five_successive_resumes_on_random_topologies_still_one_epoch() -> None:
