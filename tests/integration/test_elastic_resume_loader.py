@@ -213,3 +213,27 @@ def test_merge_refuses_incomplete_or_mismatched_states(corpus: Corpus) -> None:
         resumed = make(corpus, 0, 2)
         resumed.load_state_dict(state)
         resumed._iter_worker(0, 3)
+
+
+def test_one_ranks_stateful_dataloader_states_with_its_batch_count(corpus: Corpus) -> None:
+    before: list[str] = []
+    saved: dict[str, Any] = {}
+    for rank in range(2):
+        first = StatefulDataLoader(
+            make(corpus, rank, 2), batch_size=2, num_workers=2, collate_fn=list
+        )
+        batches = iter(first)
+        for _ in range(5):  # synchronous: every rank 5 batches
+            before += [str(entry["id"]) for _, entry in next(batches)]
+        if rank == 1:
+            saved = first.state_dict()
+        del batches, first
+    merged = S3ExchangeIterableDataset.merge_states(
+        _dataset_states(saved), batches=saved["_snapshot"]["_snapshot_step"], batch_size=2
+    )
+    after: list[str] = []
+    for rank in range(3):
+        ds = make(corpus, rank, 3)
+        ds.load_state_dict(merged)
+        after += [str(entry["id"]) for _, entry in ds]
+    assert Counter(before + after) == Counter(corpus.ids)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from s3exchange import S3ExchangeStore
 from s3exchange.testing import RunningServer
-from s3exchange_torch import S3ExchangeIterableDataset
+from s3exchange_torch import S3ExchangeIterableDataset, S3ExchangeLoader
 from s3exchange_torch.mixing import Source
 
 SIZES = {"web": (40, 35, 1, 1, 1), "books": (30, 9), "code": (60,)}  # shards, loose files (1)
@@ -121,3 +121,22 @@ def test_a_mix_resumes_mid_epoch_on_another_topology(store: S3ExchangeStore) -> 
     assert Counter(before + after) == full
     with pytest.raises(ValueError, match="mix"):
         make(store, stop="all_exhausted").load_state_dict(merged)
+
+
+def test_the_loader_reads_a_mix_and_resumes_it_on_other_ranks(store: S3ExchangeStore) -> None:
+    full = Counter(read_job(store, 1, 1))
+    before: list[str] = []
+    states = []
+    for rank in range(2):
+        loader = S3ExchangeLoader(make(store, rank, 2), batch_size=4, num_workers=2)
+        with loader:
+            batches = iter(loader)
+            for _ in range(3):
+                before += [str(entry["id"]) for entry in next(batches).extras]
+            states.append(loader.state_dict())
+    after: list[str] = []
+    for rank in range(3):
+        resumed = S3ExchangeLoader(make(store, rank, 3), batch_size=5)
+        resumed.load_state_dict(states[1])
+        after += [str(entry["id"]) for batch in resumed for entry in batch.extras]
+    assert Counter(before + after) == full
