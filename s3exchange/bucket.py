@@ -1,7 +1,9 @@
 """Every S3 request the library makes, against one bucket and key space, errors translated once.
 
-A :class:`Bucket` pickles without its client and rebuilds one lazily in a new process (spawned
-DataLoader workers) or after a fork (boto3 clients are neither picklable nor fork-safe).
+:class:`Bucket` implements :class:`~s3exchange.transport.Transport`, the one seam every request
+passes through (the multipart writer's included). It pickles without its client and rebuilds
+one lazily in a new process (spawned DataLoader workers) or after a fork (boto3 clients are
+neither picklable nor fork-safe).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ from .errors import (
 )
 from .fastget import FastGetter
 from .keys import KeySpace
+from .transport import PendingUpload
 from .types import DeleteFailure, ListedObject
 
 if TYPE_CHECKING:
@@ -162,7 +165,8 @@ def _warm_loader() -> Any:
 
 
 class Bucket:
-    """One bucket through a :class:`KeySpace`; methods take logical keys."""
+    """One bucket through a :class:`KeySpace`; methods take logical keys (a
+    :class:`~s3exchange.transport.Transport`)."""
 
     _fast: FastGetter | None
 
@@ -189,6 +193,11 @@ class Bucket:
             self._client = self._factory.create()
             self._pid = os.getpid()
         return self._client
+
+    @property
+    def endpoint(self) -> str | None:
+        """The client's endpoint URL."""
+        return self.client.meta.endpoint_url
 
     def __getstate__(self) -> dict[str, Any]:
         return {"name": self.name, "keyspace": self.keyspace, "factory": self._factory}
@@ -339,7 +348,7 @@ class Bucket:
     def put(
         self,
         key: str,
-        body: bytes,
+        body: bytes | bytearray,
         *,
         content_type: str | None = None,
         if_match: str | None = None,
@@ -414,3 +423,75 @@ class Bucket:
                 flush()
         flush()
         return deleted, failures
+
+    # -- multipart uploads ---------------------------------------------------------------------
+
+    def _request(self, operation: str, key: str, method: Any, **args: Any) -> Any:
+        """``method(Bucket=..., Key=physical key, **args)``, errors translated."""
+        try:
+            return method(Bucket=self.name, Key=self.keyspace.physical(key), **args)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, key, operation) from exc
+
+    def create_multipart_upload(self, key: str, *, content_type: str | None = None) -> str:
+        """Start an upload of ``key``; returns its id."""
+        extra = {"ContentType": content_type} if content_type else {}
+        create = self.client.create_multipart_upload
+        response = self._request("CreateMultipartUpload", key, create, **extra)
+        return str(response["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> str:
+        """Upload part ``number`` (1-based); returns its ETag."""
+        response = self._request(
+            "UploadPart",
+            key,
+            self.client.upload_part,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        return str(response["ETag"])
+
+    def complete_multipart_upload(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> str | None:
+        """Assemble the ``(number, etag)`` parts in number order; returns the object's ETag."""
+        listed = [{"PartNumber": number, "ETag": etag} for number, etag in sorted(parts)]
+        response = self._request(
+            "CompleteMultipartUpload",
+            key,
+            self.client.complete_multipart_upload,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": listed},
+        )
+        etag: str | None = response.get("ETag")
+        return etag
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        """Drop an upload and its stored parts; one completed or aborted meanwhile is no error."""
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.name, Key=self.keyspace.physical(key), UploadId=upload_id
+            )
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchUpload":
+                raise translate(exc, key, "AbortMultipartUpload") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, key, "AbortMultipartUpload") from exc
+
+    def list_multipart_uploads(self, prefix: str) -> Iterator[PendingUpload]:
+        """Uploads under ``prefix`` (logical) neither completed nor aborted, lazily."""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            pages = paginator.paginate(
+                Bucket=self.name, Prefix=self.keyspace.physical_prefix(prefix)
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    yield PendingUpload(
+                        key=self.keyspace.logical(upload["Key"]),
+                        upload_id=upload["UploadId"],
+                        initiated=upload["Initiated"],
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, prefix, "ListMultipartUploads") from exc

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from . import manifest
-from .bucket import Bucket
 from .multipart import MultipartWriter
+from .transport import Transport
 from .types import MANIFEST_CONTENT_TYPE, CompactReport, FileEntry, ManifestEntry, ShardEntry
 
 ShardExpander = Callable[[ShardEntry], Iterable[FileEntry]]
 
 
 def compact(
-    bucket: Bucket,
+    bucket: Transport,
     src: str,
     dst: str,
     *,
@@ -40,14 +40,7 @@ def compact(
         "shard": "shard_entries",
         "manifest_ref": "manifest_ref_entries",
     }
-    writer = MultipartWriter(
-        bucket.client,
-        bucket.name,
-        bucket.keyspace.physical(dst),
-        part_size=part_size,
-        content_type=MANIFEST_CONTENT_TYPE,
-        display_key=dst,
-    )
+    writer = MultipartWriter(bucket, dst, part_size=part_size, content_type=MANIFEST_CONTENT_TYPE)
     with writer:
         for entry in _expanded(entries, expand):
             writer.write(manifest.dumps_entry(entry))

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from .bucket import Bucket
 from .errors import (
     DeleteError,
     InvalidKeyError,
@@ -19,13 +18,14 @@ from .errors import (
 from .keys import KeySpace, split_virtual_key
 from .manifest import ManifestReader, walk_graph
 from .shard_index import index_key_for
+from .transport import Transport
 from .types import DeleteFailure, DeleteReport
 
 log = logging.getLogger(__name__)
 
 
 def delete_prefix(
-    bucket: Bucket, prefix: str, regex: str | None = None, *, allow_all: bool = False
+    bucket: Transport, prefix: str, regex: str | None = None, *, allow_all: bool = False
 ) -> int:
     """Delete keys under ``prefix`` whose logical key matches ``regex`` (``re.search``).
 
@@ -193,7 +193,7 @@ def plan_delete_manifest(
 
 
 def delete_manifest(
-    bucket: Bucket, plan: DeletePlan, *, delete_manifests: bool = True
+    bucket: Transport, plan: DeletePlan, *, delete_manifests: bool = True
 ) -> DeleteReport:
     """Delete a :func:`plan_delete_manifest` plan: objects, archives, then the manifests.
 

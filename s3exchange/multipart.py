@@ -10,24 +10,29 @@ With ``hold_head`` the first bytes are held back as part 1 and uploaded at close
 :meth:`MultipartWriter.prepend` has put what is known only at the end in front of them (a shard's
 internal manifest): S3 assembles parts by number whatever the upload order, and only the last
 may be under 5 MiB, so a head of at least that much can go last.
+
+Every request goes through a :class:`~s3exchange.transport.Transport` (a
+:class:`~s3exchange.bucket.Bucket`, or :class:`~s3exchange.testing.MemoryBucket` in unit tests);
+a failed one raises :class:`~s3exchange.errors.UploadError` naming the key.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from .errors import UploadError
+from .errors import S3ExchangeError, UploadError
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    from .transport import Transport
+
+_T = TypeVar("_T")
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
@@ -35,7 +40,8 @@ MAX_PARTS = 10_000
 
 
 class MultipartWriter(io.RawIOBase):
-    """Write bytes to ``bucket/key``; the object appears only when :meth:`close` succeeds.
+    """Write bytes to ``key`` (logical) in ``bucket``; the object appears only when
+    :meth:`close` succeeds.
 
     Up to ``2 * concurrency`` full parts wait for the pool, so its threads never idle while the
     next part is built; memory is bounded by ``part_size * (2 * concurrency + 1) + hold_head``.
@@ -43,38 +49,31 @@ class MultipartWriter(io.RawIOBase):
 
     def __init__(
         self,
-        client: S3Client,
-        bucket: str,
+        bucket: Transport,
         key: str,
         *,
         part_size: int = DEFAULT_PART_SIZE,
         concurrency: int = 2,
         content_type: str | None = None,
-        extra_args: dict[str, Any] | None = None,
-        display_key: str | None = None,
         hold_head: int = 0,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be >= {MIN_PART_SIZE} bytes (S3's minimum)")
         if hold_head and hold_head < MIN_PART_SIZE:
             raise ValueError(f"hold_head must be 0 or >= {MIN_PART_SIZE} bytes (S3's minimum)")
-        self._client = client
         self._bucket = bucket
         self._key = key
-        self._display_key = display_key or key
         self._part_size = part_size
         self._concurrency = max(1, concurrency)
-        self._extra: dict[str, Any] = dict(extra_args or {})
-        if content_type:
-            self._extra["ContentType"] = content_type
+        self._content_type = content_type
         self._part = bytearray(part_size)
         self._fill = 0
         self._hold = hold_head
         self._head = bytearray()  # part 1, with hold_head: sent at close
         self._prefix = b""
         self._upload_id: str | None = None
-        self._pending: set[Future[dict[str, Any]]] = set()
-        self._parts: list[dict[str, Any]] = []
+        self._pending: set[Future[tuple[int, str]]] = set()
+        self._parts: list[tuple[int, str]] = []  # (number, etag)
         self._pool: ThreadPoolExecutor | None = None
         self._bytes_written = 0
         self._done = False
@@ -121,48 +120,39 @@ class MultipartWriter(io.RawIOBase):
     def _submit(self, body: bytearray, number: int | None = None) -> None:
         if self._upload_id is None:
             self._upload_id = self._call(
-                "CreateMultipartUpload",
-                lambda: self._client.create_multipart_upload(
-                    Bucket=self._bucket, Key=self._key, **self._extra
-                ),
-            )["UploadId"]
+                lambda: self._bucket.create_multipart_upload(
+                    self._key, content_type=self._content_type
+                )
+            )
             self._pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="s3x-part")
         if number is None:  # parts 2.. when part 1 is the held head
             number = len(self._parts) + len(self._pending) + 1 + (1 if self._hold else 0)
         if number > MAX_PARTS:
-            raise UploadError(
-                key=self._display_key, reason=f"more than {MAX_PARTS} parts; raise part_size"
-            )
+            raise UploadError(key=self._key, reason=f"more than {MAX_PARTS} parts; raise part_size")
         while len(self._pending) >= 2 * self._concurrency:
             self._collect(FIRST_COMPLETED)
         assert self._pool is not None
         self._pending.add(self._pool.submit(self._upload_part, number, body))
 
-    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
+    def _upload_part(self, number: int, body: bytearray) -> tuple[int, str]:
         assert self._upload_id is not None
         upload_id = self._upload_id
-        response = self._call(
-            f"UploadPart {number}",
-            lambda: self._client.upload_part(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=body,  # type: ignore[arg-type]  # botocore sends any bytes-like body
-            ),
+        etag = self._call(
+            lambda: self._bucket.upload_part(self._key, upload_id, number, body), f"part {number}"
         )
-        return {"PartNumber": number, "ETag": response["ETag"]}
+        return number, etag
 
     def _collect(self, until: str) -> None:
         """Wait for uploads (the first to finish, or all) and record their parts."""
         done, self._pending = wait(self._pending, return_when=until)
         self._parts.extend(future.result() for future in done)
 
-    def _call(self, what: str, request: Any) -> Any:
+    def _call(self, request: Callable[[], _T], where: str = "") -> _T:
         try:
             return request()
-        except (ClientError, BotoCoreError) as exc:
-            raise UploadError(key=self._display_key, reason=f"{what}: {exc}") from exc
+        except S3ExchangeError as exc:
+            reason = f"{where}: {exc}" if where else str(exc)
+            raise UploadError(key=self._key, reason=reason) from exc
 
     def close(self) -> None:
         """Upload what is left and complete the upload; on failure abort and raise."""
@@ -184,13 +174,9 @@ class MultipartWriter(io.RawIOBase):
         self._prefix = b""
         if self._upload_id is None:
             body = head + tail
-            response = self._call(
-                "PutObject",
-                lambda: self._client.put_object(
-                    Bucket=self._bucket, Key=self._key, Body=body, **self._extra
-                ),
+            self.etag = self._call(
+                lambda: self._bucket.put(self._key, body, content_type=self._content_type)
             )
-            self.etag = response.get("ETag")
             return
         if tail:
             self._submit(tail)
@@ -198,19 +184,12 @@ class MultipartWriter(io.RawIOBase):
             self._submit(bytearray(head), 1)
         del head
         self._collect("ALL_COMPLETED")
-        self._parts.sort(key=lambda part: int(part["PartNumber"]))
+        self._parts.sort()
         self._shutdown_pool()
         upload_id = self._upload_id
-        response = self._call(
-            "CompleteMultipartUpload",
-            lambda: self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": self._parts},  # type: ignore[typeddict-item]
-            ),
+        self.etag = self._call(
+            lambda: self._bucket.complete_multipart_upload(self._key, upload_id, self._parts)
         )
-        self.etag = response.get("ETag")
 
     def abort(self) -> None:
         """Drop everything: pending parts are cancelled and the upload is aborted server-side."""
@@ -224,12 +203,10 @@ class MultipartWriter(io.RawIOBase):
         if self._upload_id is not None:
             upload_id, self._upload_id = self._upload_id, None
             try:
-                self._client.abort_multipart_upload(
-                    Bucket=self._bucket, Key=self._key, UploadId=upload_id
-                )
-            except (ClientError, BotoCoreError) as exc:
+                self._bucket.abort_multipart_upload(self._key, upload_id)
+            except S3ExchangeError as exc:
                 # The original error matters more; a lifecycle rule reaps what is left.
-                log.warning("could not abort the upload of %r: %s", self._display_key, exc)
+                log.warning("could not abort the upload of %r: %s", self._key, exc)
         super().close()
 
     def _shutdown_pool(self) -> None:

@@ -21,8 +21,9 @@ from botocore.exceptions import ClientError
 
 from . import manifest
 from .body import RetryPolicy
-from .bucket import CONFLICT_CODES, PRECONDITION_CODES, Bucket, error_code, translate
+from .bucket import CONFLICT_CODES, PRECONDITION_CODES, error_code, translate
 from .errors import ConcurrentModificationError, ObjectNotFoundError
+from .transport import Transport
 from .types import MANIFEST_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def part_key(root_key: str) -> str:
 
 
 def append_part(
-    bucket: Bucket, root_key: str, body: bytes, *, conditional: Literal["auto", "off"] = "auto"
+    bucket: Transport, root_key: str, body: bytes, *, conditional: Literal["auto", "off"] = "auto"
 ) -> str:
     """Write ``body`` as a new part of ``root_key`` and reference it from the root."""
     use_conditions = conditional == "auto"
@@ -80,7 +81,7 @@ def append_part(
     )
 
 
-def _create(bucket: Bucket, key: str, body: bytes, conditional: bool) -> None:
+def _create(bucket: Transport, key: str, body: bytes, conditional: bool) -> None:
     try:
         bucket.put(key, body, content_type=MANIFEST_CONTENT_TYPE, if_none_match=conditional)
     except ClientError as exc:
@@ -99,9 +100,9 @@ def _join(current: bytes | None, line: bytes) -> bytes:
     return current + separator + line
 
 
-def require_conditional_writes(bucket: Bucket, near_key: str) -> None:
+def require_conditional_writes(bucket: Transport, near_key: str) -> None:
     """Fail clearly when the server ignores ``IfNoneMatch`` / ``IfMatch`` (checked once)."""
-    cache_key = (bucket.client.meta.endpoint_url, bucket.name)
+    cache_key = (bucket.endpoint, bucket.name)
     supported = _PROBED.get(cache_key)
     if supported is None:
         supported = _probe(bucket, near_key)
@@ -121,7 +122,7 @@ def reset_probes() -> None:
     _PROBED.clear()
 
 
-def _probe(bucket: Bucket, near_key: str) -> bool:
+def _probe(bucket: Transport, near_key: str) -> bool:
     directory = posixpath.dirname(near_key)
     key = posixpath.join(directory, f".s3exchange-probe-{uuid.uuid4().hex}")
     try:

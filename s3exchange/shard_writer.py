@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import crc32c
 
 from .errors import ShardWriteError
-from .keys import KeySpace
 from .multipart import MIN_PART_SIZE, MultipartWriter
 from .shard_format import MAX_INTERNAL_MANIFEST_BYTES, member_path_problem
 from .shard_index import FLUSH_SPACING, MemberSpan, spans
@@ -57,8 +56,6 @@ from .tar_writer import tar_header
 from .types import INTERNAL_MANIFEST_PATH, Compression, ShardEntry, UpdateMode
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
     from .store import S3ExchangeStore
 
 __all__ = ["DEFAULT_MAX_BYTES", "ShardWriter", "crc32_combine", "shard_compression"]
@@ -291,29 +288,17 @@ class _ShardUpload:
 
     def __init__(
         self,
-        client: S3Client,
-        bucket: str,
-        physical_key: str,
+        writer: MultipartWriter,
         archive_key: str,
         *,
         compression: Compression,
         compresslevel: int,
-        part_size: int,
-        concurrency: int,
     ) -> None:
+        """``writer`` holds back :data:`HEAD_SIZE` bytes (``hold_head``)."""
         self.archive_key = archive_key
         self.compression = compression
         self._gzip = _GzipFrame(compresslevel) if compression == "gzip" else None
-        self._writer = MultipartWriter(
-            client,
-            bucket,
-            physical_key,
-            part_size=part_size,
-            concurrency=concurrency,
-            content_type="application/gzip" if compression else "application/x-tar",
-            display_key=archive_key,
-            hold_head=HEAD_SIZE,
-        )
+        self._writer = writer
         self.lines: list[bytes] = []
         self.manifest_bytes = 0
         self.members_size = 0
@@ -462,7 +447,6 @@ class ShardWriter:
         self._compresslevel = compresslevel
         self._update_mode: UpdateMode = update_mode
         self._index = start_index
-        self._keyspace = KeySpace(store.base_prefix)
         self._check_pattern()
         self._entries: list[ShardEntry] = []
         self._shard: _ShardUpload | None = None
@@ -539,15 +523,12 @@ class ShardWriter:
                 "(give this run its own start_index or a placeholder in the pattern)",
             )
         self._index += 1
+        content_type = "application/gzip" if self._compression else "application/x-tar"
         return _ShardUpload(
-            self._store.s3_client,
-            self._store.bucket,
-            self._keyspace.physical(key),
+            self._store._writer(key, content_type, hold_head=HEAD_SIZE),
             key,
             compression=self._compression,
             compresslevel=self._compresslevel,
-            part_size=self._store.part_size,
-            concurrency=self._store.upload_concurrency,
         )
 
     def _finish_shard(self) -> None:

@@ -11,15 +11,12 @@ import logging
 import posixpath
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from . import compaction, deletion, manifest, parts
 from .body import CheckedStream, ObjectStream, OpenedBody, RetryPolicy, inner_stream
-from .bucket import Bucket, ClientFactory, error_code, translate
+from .bucket import Bucket, ClientFactory
 from .config import TransferConfig
 from .errors import (
     IntegrityError,
@@ -52,6 +49,7 @@ from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter, shard_compression
 from .sources import InMemory, Source, source_of
 from .tar_reader import ShardMember, iter_internal_manifest, iter_shard
 from .tar_writer import write_shard
+from .transport import PendingUpload
 from .types import (
     INTERNAL_MANIFEST_PATH,
     MANIFEST_CONTENT_TYPE,
@@ -85,15 +83,6 @@ _T = TypeVar("_T")
 STALE_UPLOAD_SECONDS = 3600.0
 """Default age after which a pending upload counts as abandoned: a 256 MiB shard uploads in
 seconds at the ~100 MB/s measured here, so an hour leaves any live writer far more than it needs."""
-
-
-@dataclass(frozen=True, slots=True)
-class PendingUpload:
-    """A multipart upload started and neither completed nor aborted."""
-
-    key: str
-    upload_id: str
-    initiated: datetime
 
 
 def id_from_key(key: str) -> str:
@@ -334,15 +323,15 @@ class S3ExchangeStore:
                 writer.write(chunk)
         return writer.etag, writer.bytes_written
 
-    def _writer(self, key: str, content_type: str | None) -> MultipartWriter:
+    def _writer(self, key: str, content_type: str | None, *, hold_head: int = 0) -> MultipartWriter:
+        """The one way this store (and its ShardWriter) starts an upload."""
         return MultipartWriter(
-            self._bucket.client,
-            self.bucket,
-            self._bucket.keyspace.physical(key),
+            self._bucket,
+            key,
             part_size=self.part_size,
             concurrency=self.upload_concurrency,
             content_type=content_type,
-            display_key=key,
+            hold_head=hold_head,
         )
 
     def delete_key(self, key: str, vars: Mapping[str, Any] | None = None) -> None:
@@ -893,22 +882,7 @@ class S3ExchangeStore:
         self, prefix: str, vars: Mapping[str, Any] | None = None
     ) -> Iterator[PendingUpload]:
         """Multipart uploads under ``prefix`` never completed nor aborted (a killed writer's)."""
-        resolved = self.resolve(prefix, vars)
-        keyspace = self._bucket.keyspace
-        paginator = self._bucket.client.get_paginator("list_multipart_uploads")
-        try:
-            pages = paginator.paginate(
-                Bucket=self.bucket, Prefix=keyspace.physical_prefix(resolved)
-            )
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    yield PendingUpload(
-                        key=keyspace.logical(upload["Key"]),
-                        upload_id=upload["UploadId"],
-                        initiated=upload["Initiated"],
-                    )
-        except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, resolved, "ListMultipartUploads") from exc
+        return self._bucket.list_multipart_uploads(self.resolve(prefix, vars))
 
     def abort_stale_uploads(
         self,
@@ -939,16 +913,7 @@ class S3ExchangeStore:
         """Abort these pending uploads (from :meth:`list_uploads`); one already completed or
         aborted meanwhile is no error."""
         for upload in uploads:
-            physical = self._bucket.keyspace.physical(upload.key)
-            try:
-                self._bucket.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=physical, UploadId=upload.upload_id
-                )
-            except ClientError as exc:
-                if error_code(exc) != "NoSuchUpload":  # finished or aborted meanwhile
-                    raise translate(exc, upload.key, "AbortMultipartUpload") from exc
-            except BotoCoreError as exc:
-                raise translate(exc, upload.key, "AbortMultipartUpload") from exc
+            self._bucket.abort_multipart_upload(upload.key, upload.upload_id)
 
     # -- deletion and compaction ---------------------------------------------------------------
 

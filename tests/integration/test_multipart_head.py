@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from s3exchange.bucket import Bucket
+from s3exchange.keys import KeySpace
 from s3exchange.multipart import DEFAULT_PART_SIZE, MIN_PART_SIZE, MultipartWriter
 
 if TYPE_CHECKING:
@@ -21,7 +23,8 @@ def test_prepended_bytes_lead_the_object_whatever_its_size(
     s3_client: S3Client, bucket: str, size: int
 ) -> None:
     data = os.urandom(size)
-    with MultipartWriter(s3_client, bucket, "o", hold_head=MIN_PART_SIZE) as writer:
+    transport = Bucket(s3_client, bucket, KeySpace(""))
+    with MultipartWriter(transport, "o", hold_head=MIN_PART_SIZE) as writer:
         for offset in range(0, size, 3 * MiB + 7):
             writer.write(data[offset : offset + 3 * MiB + 7])
         writer.prepend(b"HEAD")
@@ -37,9 +40,10 @@ def test_prepended_bytes_lead_the_object_whatever_its_size(
 
 
 def test_prepend_needs_a_held_head(s3_client: S3Client, bucket: str) -> None:
-    writer = MultipartWriter(s3_client, bucket, "o")
+    transport = Bucket(s3_client, bucket, KeySpace(""))
+    writer = MultipartWriter(transport, "o")
     with pytest.raises(ValueError, match="hold_head"):
         writer.prepend(b"x")
     writer.abort()
     with pytest.raises(ValueError, match="hold_head"):
-        MultipartWriter(s3_client, bucket, "o", hold_head=MIN_PART_SIZE - 1)
+        MultipartWriter(transport, "o", hold_head=MIN_PART_SIZE - 1)
