@@ -433,10 +433,6 @@ class ShardWriter:
             )
         if not 0 <= compresslevel <= 9:
             raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
-        if store.part_size < MIN_PART_SIZE:
-            raise ValueError(
-                f"the store's part_size must be >= {MIN_PART_SIZE} bytes (S3's minimum)"
-            )
         self._store = store
         self._pattern = pattern
         self._vars = dict(vars or {})
