@@ -463,7 +463,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         """Worker ``worker_id`` of ``num_workers``'s samples; the loader's worker processes
         call this directly instead of going through ``get_worker_info``."""
         units, counts = self._resolved()
-        resume, self._resume = self._resume, None
+        resume, self._resume = self._loaded(), None
         epoch = self.epoch if resume is None else int(resume["epoch"])
         plan = self._plan(epoch, counts)
         runs = () if resume is None else _runs(resume)
@@ -603,8 +603,9 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         sequence; :meth:`merge_states` turns the states of a job into one that any number of
         ranks and workers resume from.
         """
-        if self._resume is not None:
-            return dict(self._resume)
+        loaded = self._loaded()
+        if loaded is not None:
+            return dict(loaded)
         progress = self._progress
         if progress is None:
             worker_id, num_workers = _worker()
@@ -644,6 +645,21 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
                 )
         _runs(state)  # refuse a malformed record now rather than in a worker
         self._resume = dict(state)
+        self.set_epoch(int(state["epoch"]))
+
+    def _loaded(self) -> dict[str, Any] | None:
+        """The loaded state, while the epoch is still the one it resumes: once ``set_epoch``
+        moves on, DataLoader workers started afresh from this (main process) dataset must read
+        the new epoch, not the loaded one again."""
+        resume = self._resume
+        if resume is not None and int(resume["epoch"]) != self.epoch:
+            log.info(
+                "epoch %d set: the loaded state of epoch %s no longer applies",
+                self.epoch,
+                resume["epoch"],
+            )
+            self._resume = resume = None
+        return resume
 
     @staticmethod
     def merge_states(

@@ -159,6 +159,10 @@ def test_uneven_ranks_merged_then_read_by_a_dataloader_with_another_num_workers(
     plain = DataLoader(ds, batch_size=None, num_workers=3, multiprocessing_context="fork")
     after = [str(entry["id"]) for _, entry in plain]
     assert Counter(before + after) == Counter(corpus.ids)
+    # Workers start afresh from the main process's dataset each epoch: once the epoch moves
+    # on, the loaded state no longer applies and the next epoch is whole.
+    ds.set_epoch(1)
+    assert Counter(str(entry["id"]) for _, entry in plain) == Counter(corpus.ids)
 
 
 def test_resumes_chain_and_an_exact_resume_inside_the_chain(corpus: Corpus) -> None:
