@@ -47,15 +47,23 @@ class Transport(Protocol):
 
     # reads
 
-    def open(self, key: str, offset: int = 0, etag: str | None = None) -> OpenedBody:
-        """GET from ``offset`` (``Range``); with ``etag`` (``If-Match``) a replaced object
-        raises ObjectChangedError."""
+    def open(
+        self, key: str, offset: int = 0, etag: str | None = None, *, stop: int | None = None
+    ) -> OpenedBody:
+        """GET from ``offset`` to ``stop`` (exclusive; ``Range``); with ``etag``
+        (``If-Match``) a replaced object raises ObjectChangedError."""
         ...
 
     def read_object(
-        self, key: str, *, retry: RetryPolicy | None = None
+        self,
+        key: str,
+        *,
+        retry: RetryPolicy | None = None,
+        byte_range: tuple[int, int] | None = None,
+        if_match: str | None = None,
     ) -> tuple[bytes, str | None]:
-        """The whole object and its ETag, a broken body resumed under ``retry``."""
+        """The whole object (or ``byte_range``, start and stop) and its ETag, a broken body
+        resumed under ``retry``; ``if_match`` refuses another version (ObjectChangedError)."""
         ...
 
     def read_bytes(self, key: str) -> tuple[bytes, str | None]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from ..body import ObjectStream, OpenedBody, RetryPolicy
+from ..body import OpenedBody, RetryPolicy
 from ..bucket import DELETE_BATCH, translate
 from ..errors import ObjectChangedError, ObjectNotFoundError
 from ..keys import KeySpace
@@ -153,27 +153,38 @@ class MemoryBucket:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def open(self, key: str, offset: int = 0, etag: str | None = None) -> OpenedBody:
+    def open(
+        self, key: str, offset: int = 0, etag: str | None = None, *, stop: int | None = None
+    ) -> OpenedBody:
         with self._lock:
-            self._record("GetObject", key, offset=offset, etag=etag)
+            self._record("GetObject", key, offset=offset, stop=stop, etag=etag)
             stored = self._stored(key, "GetObject")
             if etag and etag != stored.etag:
                 raise ObjectChangedError(key=key, etag=etag)
             if offset and offset >= len(stored.data):
                 raise ObjectChangedError(key=key, etag=etag)  # InvalidRange: it shrank
+            data = stored.data[offset:stop]
             return OpenedBody(
-                body=io.BytesIO(stored.data[offset:]),
-                size=len(stored.data),
+                body=io.BytesIO(data),
+                size=offset + len(data),  # as Bucket: where the answered bytes end
                 etag=stored.etag,
                 content_type=stored.content_type,
                 metadata=dict(stored.metadata),
             )
 
     def read_object(
-        self, key: str, *, retry: RetryPolicy | None = None
+        self,
+        key: str,
+        *,
+        retry: RetryPolicy | None = None,
+        byte_range: tuple[int, int] | None = None,
+        if_match: str | None = None,
     ) -> tuple[bytes, str | None]:
-        with ObjectStream(key, lambda o, e: self.open(key, o, e), retry=retry) as stream:
-            return stream.read(), stream.etag
+        if byte_range is not None and not 0 <= byte_range[0] < byte_range[1]:
+            raise ValueError(f"byte_range must be a non-empty (start, stop), got {byte_range}")
+        start, stop = byte_range if byte_range is not None else (0, None)
+        opened = self.open(key, start, if_match, stop=stop)
+        return opened.body.read(), opened.etag
 
     def read_bytes(self, key: str) -> tuple[bytes, str | None]:
         opened = self.open(key)

@@ -51,10 +51,17 @@ def scenario(bucket: Transport) -> dict[str, Any]:
     seen["create"] = outcome(lambda: bucket.put("d/a.bin", b"x", if_none_match=True))
     seen["stale"] = outcome(lambda: bucket.put("d/a.bin", b"x", if_match='"0000"'))
     replaced = bucket.put("d/a.bin", b"replaced", if_match=etag)
-    seen["replaced"] = replaced != etag
+    seen["replaced"] = replaced is not None and replaced != etag
     seen["pinned"] = outcome(lambda: bucket.open("d/a.bin", 2, etag))
     seen["past_end"] = outcome(lambda: bucket.open("d/a.bin", 100))
     seen["read"] = (bucket.read_bytes("d/a.bin"), bucket.read_object("d/a.bin"))
+    bounded = bucket.open("d/a.bin", 2, replaced, stop=6)
+    seen["bounded"] = (bounded.body.read(), bounded.size)
+    bounded.body.close()
+    seen["slice"] = bucket.read_object("d/a.bin", byte_range=(1, 4), if_match=replaced)
+    seen["stale_slice"] = outcome(
+        lambda: bucket.read_object("d/a.bin", byte_range=(1, 4), if_match=etag)
+    )
 
     upload = bucket.create_multipart_upload("d/big", content_type="x/y")
     seen["pending"] = [u.key for u in bucket.list_multipart_uploads("d/")]
@@ -90,7 +97,9 @@ def test_memory_bucket_answers_as_the_server_does(s3_client: S3Client, bucket: s
     fake = scenario(MemoryBucket(bucket, "base"))
     assert fake == real
     assert real["create"] == real["stale"] == ("ClientError", "PreconditionFailed")
-    assert real["pinned"] == real["past_end"] == ("ObjectChangedError",)
+    assert real["pinned"] == real["past_end"] == real["stale_slice"] == ("ObjectChangedError",)
+    assert real["bounded"] == (b"plac", 6)
+    assert real["slice"][0] == b"epl"
     assert real["too_small"] == ("StorageError", "EntityTooSmall")
     assert real["big"][1] is True
     assert real["left"] == []
