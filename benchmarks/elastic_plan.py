@@ -10,7 +10,8 @@
   epoch (shuffle buffer 1000), restored on ``--ranks - 1`` ranks: what one rank of the new job
   pays before its first fetch (replaying the buffers of the saved workers its share overlaps).
 
-Targets (issue 13): ``mix_plan`` < 2 s, ``restore_rank`` < 1 s.
+Targets (issue 13): ``mix_plan`` < 2 s, ``restore_rank`` < 1 s. Prints the best of
+``--rounds`` (the 2-core VM it was written on swings 2x under load).
 """
 
 from __future__ import annotations
@@ -61,16 +62,21 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=100_000)
     parser.add_argument("--ranks", type=int, default=4096)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="best of this many (noisy VMs)")
     args = parser.parse_args()
     out: dict[str, Any] = {"shards": args.shards, "ranks": args.ranks, "workers": args.workers}
 
     third = args.shards // 3
     sources = [_counts(third, 1), _counts(third, 2), _counts(args.shards - 2 * third, 3)]
     mix = [Source("a", 0.7), Source("b", 0.2), Source("c", 0.1)]
-    start = time.perf_counter()
-    plan = MixPlan(quotas([sum(c) for c in sources], mix, "first_exhausted"), seed=0, epoch=0)
-    segments = mix_workers(sources, plan, range(args.ranks), args.ranks, args.workers)
-    out["mix_plan_s"] = round(time.perf_counter() - start, 3)
+    times = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        plan = MixPlan(quotas([sum(c) for c in sources], mix, "first_exhausted"), seed=0, epoch=0)
+        segments = mix_workers(sources, plan, range(args.ranks), args.ranks, args.workers)
+        times.append(time.perf_counter() - start)
+    out["mix_plan_s"] = round(min(times), 3)
+    out["mix_plan_rounds_s"] = [round(t, 3) for t in times]
     out["mix_samples"] = plan.num_samples
     out["mix_segments"] = segments
     start = time.perf_counter()
@@ -88,13 +94,16 @@ def main() -> None:
             emitted.append((hi - lo) // 2)
     run = Run(args.ranks, args.workers, "pad", tuple(emitted))
     state_ints = len(run.emitted)
-    start = time.perf_counter()
-    remainder = Remainder(n, [run], seed=0, epoch=0, buffer=1000)
-    pieces = 0
-    for worker in range(args.workers):
-        ranges = remainder.worker_ranges(args.ranks - 1, args.workers, "pad", 7, worker)
-        pieces += len(epoch.segments_at(ranges))
-    out["restore_rank_s"] = round(time.perf_counter() - start, 3)
+    times = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        remainder = Remainder(n, [run], seed=0, epoch=0, buffer=1000)
+        pieces = 0
+        for worker in range(args.workers):
+            ranges = remainder.worker_ranges(args.ranks - 1, args.workers, "pad", 7, worker)
+            pieces += len(epoch.segments_at(ranges))
+        times.append(time.perf_counter() - start)
+    out["restore_rank_s"] = round(min(times), 3)
     out["restore_state_ints"] = state_ints
     out["restore_rank_segments"] = pieces
     print(json.dumps(out))
