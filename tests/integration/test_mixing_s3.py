@@ -140,3 +140,18 @@ def test_the_loader_reads_a_mix_and_resumes_it_on_other_ranks(store: S3ExchangeS
         resumed.load_state_dict(states[1])
         after += [str(entry["id"]) for batch in resumed for entry in batch.extras]
     assert Counter(before + after) == full
+
+
+@pytest.mark.parametrize("emitted", [0, 1, 9, 30, 55])
+def test_a_mix_resumed_on_the_same_worker_continues_its_exact_sequence(
+    store: S3ExchangeStore, emitted: int
+) -> None:
+    full = [str(entry["id"]) for _, entry in make(store, 1, 2)._iter_worker(0, 1)]
+    ds = make(store, 1, 2)
+    samples = ds._iter_worker(0, 1)
+    head = [str(next(samples)[1]["id"]) for _ in range(min(emitted, len(full)))]
+    state = ds.state_dict()
+    samples.close()  # type: ignore[attr-defined]
+    resumed = make(store, 1, 2)
+    resumed.load_state_dict(state)
+    assert head + [str(entry["id"]) for _, entry in resumed._iter_worker(0, 1)] == full
