@@ -230,12 +230,14 @@ def test_a_task_deletes_its_shards_past_the_last_it_wrote(
     ray_local: None, settings: S3Settings
 ) -> None:
     store = S3ExchangeStore.from_settings(settings)
-    for index in (1, 2):  # an earlier, longer run (or attempt) of task 0
+    for index in (1, 2):  # an earlier, longer run (or attempt) of task 0, and the indexes
         store.put_object(PATTERN.format(task=0, index=index), b"stale")
+        store.put_object(PATTERN.format(task=0, index=index) + ".index.jsonl", b"stale")
     store.put_object(PATTERN.format(task=0, index=4), b"not contiguous: never reached")
     sink = S3ExchangeDatasink(settings, PATTERN, MANIFEST)
     ray.data.from_items(_rows(3), override_num_blocks=1).write_datasink(sink)
     assert _stored(store) == [PATTERN.format(task=0, index=i) for i in (0, 4)]
+    assert not [k for k in store.list_keys("train/shards/") if "-0001" in k or "-0002" in k]
     assert _listed(store) == [PATTERN.format(task=0, index=0)]
 
 

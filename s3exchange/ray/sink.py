@@ -26,9 +26,11 @@ from ray.data.datasource.datasink import Datasink, WriteResult
 
 from ..errors import ShardWriteError
 from ..keys import LiteralKey
+from ..shard_index import index_key_for
 from ..shard_writer import DEFAULT_MAX_BYTES, ShardWriter, shard_compression
 from ..store import S3ExchangeStore
 from ..types import Compression, ShardEntry, UpdateMode
+from .clients import store_for
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -149,7 +151,7 @@ class S3ExchangeDatasink(Datasink[TaskShards]):
         return self._rows_per_task
 
     def _store(self) -> S3ExchangeStore:
-        return S3ExchangeStore.from_settings(self._settings)
+        return store_for(self._settings)
 
     def _writer(self, store: S3ExchangeStore, task: int) -> ShardWriter:
         # shards always overwrite: a retried task must replace what its first attempt wrote
@@ -191,10 +193,12 @@ class S3ExchangeDatasink(Datasink[TaskShards]):
         return TaskShards(task, entries, rows)
 
     def _delete_leftovers(self, store: S3ExchangeStore, task: int, written: int) -> None:
-        """Delete this task's shards past the last written: an earlier attempt's (or an earlier
-        overwritten run's), which no manifest of this write lists. One HEAD when there are none."""
+        """Delete this task's shards (and their indexes) past the last written: an earlier
+        attempt's (or an earlier overwritten run's), which no manifest of this write lists. One
+        HEAD when there are none."""
         index = written
         while store.exists(key := self._key(store, task, index)):
+            store.delete_key(LiteralKey(index_key_for(key)))  # first: never an orphaned index
             store.delete_key(key)
             index += 1
 

@@ -29,6 +29,7 @@ from ..packing import UNFINISHED_HINT, unfinished_pack
 from ..samples import key_and_field
 from ..store import S3ExchangeStore
 from ..types import FileEntry, ManifestEntry, ShardEntry
+from .clients import store_for
 
 if TYPE_CHECKING:
     from ray.data.context import DataContext
@@ -151,7 +152,7 @@ def _read(
     block_bytes: int,
 ) -> Iterator[Block]:
     """One read task: its units' samples as Arrow blocks."""
-    store = S3ExchangeStore.from_settings(settings)
+    store = store_for(settings)
     rows = _Rows(block_bytes)
     for unit in units:
         sample: dict[str, Any] | None = None
@@ -212,7 +213,7 @@ class S3ExchangeDatasource(Datasource):
         self._settings = settings
         self._group_by: GroupBy = group_by
         self._verify = verify
-        store = S3ExchangeStore.from_settings(settings)
+        store = store_for(settings)
         self._manifest = _finished(store, manifest, allow_unfinished)
         self._units = _units(store.iter_manifest_entries(self._manifest))
 
