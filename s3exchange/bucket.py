@@ -22,7 +22,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from .body import ObjectStream, OpenedBody, RetryPolicy
+from .body import ObjectStream, OpenedBody, Opener, RetryPolicy
 from .errors import (
     AccessDeniedError,
     ObjectChangedError,
@@ -278,14 +278,22 @@ class Bucket:
             except BotoCoreError as exc:
                 raise translate(exc, key, "GetObject") from exc
         start, stop = byte_range if byte_range is not None else (0, None)
+        opener = self.range_opener(key, start, stop, if_match)
+        with ObjectStream(key, opener, retry=retry) as stream:
+            return stream.read(), stream.etag
+
+    def range_opener(
+        self, key: str, start: int = 0, stop: int | None = None, if_match: str | None = None
+    ) -> Opener:
+        """``opener(offset, etag)`` for an :class:`~s3exchange.body.ObjectStream` over bytes
+        ``[start, stop)`` of ``key``: offsets and size count from ``start``."""
 
         def opener(offset: int, etag: str | None) -> OpenedBody:
             opened = self.open(key, start + offset, etag or if_match, stop=stop)
             size = None if opened.size is None else opened.size - start
             return dataclasses.replace(opened, size=size)
 
-        with ObjectStream(key, opener, retry=retry) as stream:
-            return stream.read(), stream.etag
+        return opener
 
     def _fast_init(self) -> None:
         self._fast = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import logging
 import posixpath
 import time
@@ -36,10 +37,12 @@ from .shard_format import CHECKSUM_FIELDS, WRITE_CHECKSUM, hexdigest, new_digest
 from .shard_format import member_path_problem as _member_path_problem
 from .shard_index import (
     IndexedMember,
+    MemberReader,
     MemberSpan,
     ShardIndex,
     byte_range,
     check_member,
+    dumps_index,
     encode_index,
     extract,
     index_key_for,
@@ -246,8 +249,13 @@ class S3ExchangeStore:
         return self._open_member(archive, member)
 
     def _open_member(self, archive_key: str, member_path: str) -> ObjectStream:
-        """One shard member, streamed from its archive's GET: a 3 GiB member of a 3 MB
-        .tar.gz once cost 6 GiB RSS when read whole. Closing the stream closes the GET."""
+        """One shard member, streamed: by one ranged GET of its bytes when an index lies beside
+        the archive, else from the archive's GET (no index, an index of another version of the
+        archive, a whole-stream .tar.gz). Never read whole: a 3 GiB member of a 3 MB .tar.gz
+        once cost 6 GiB RSS. Closing the stream closes the GET."""
+        ranged = self._open_indexed_member(archive_key, member_path)
+        if ranged is not None:
+            return ranged
         entry: ShardEntry = {
             "kind": "shard",
             "archive_key": archive_key,
@@ -267,6 +275,39 @@ class S3ExchangeStore:
         return inner_stream(
             member.entry["key"], member.stream.read, member.stream.size, members.close
         )
+
+    def _open_indexed_member(self, archive_key: str, member_path: str) -> ObjectStream | None:
+        """The member by a ranged GET (``If-Match`` the ETag its index records), or None."""
+        key = index_key_for(archive_key)
+        try:
+            data, _ = self._reconnecting(
+                key, lambda: self._bucket.read_object(key, retry=self.read_retry)
+            )
+        except ObjectNotFoundError:
+            return None
+        index = parse_index(data.splitlines(keepends=True), index_key=key)
+        member = next((m for m in index.members if m["member_path"] == member_path), None)
+        if member is None or (index.compression is not None and "gz_offset" not in member):
+            return None
+        start, stop = byte_range(member)
+        opener = self._bucket.range_opener(archive_key, start, stop, index.etag)
+        source: ObjectStream | None = None
+        if start < stop:
+            try:
+                source = ObjectStream(
+                    archive_key,
+                    lambda o, e: self._reconnecting(archive_key, lambda: opener(o, e)),
+                    retry=self.read_retry,
+                )
+            except ObjectChangedError:
+                log.debug("%r changed since its index was written; streaming it", archive_key)
+                return None
+        reader = MemberReader(
+            source or io.BytesIO(), member, archive_key=archive_key, verify=self.verify
+        )
+        close = source.close if source is not None else (lambda: None)
+        size = member.get("size_bytes")
+        return inner_stream(virtual_key(archive_key, member_path), reader.read, size, close)
 
     def head_object(self, key: str, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The object's HEAD response (ContentLength, ETag, ContentType, Metadata ...)."""
@@ -584,32 +625,43 @@ class S3ExchangeStore:
     def read_shard_index(self, entry: ShardEntry) -> ShardIndex:
         """Where each member of a shard lies, for ranged reads (:mod:`~s3exchange.shard_index`).
 
-        Read from the entry's ``index_key``, else from the key beside the archive. A shard
-        without one (written before indexes, or by another tool) or whose index describes
-        another version of the archive is indexed by :meth:`scan_shard_index`, a pass over the
-        whole archive, with a warning: ``s3exchange index`` stores the index once.
+        The :meth:`stored_shard_index`; a shard without one (written before indexes, or by
+        another tool, or replaced since) is indexed by :meth:`scan_shard_index`, a pass over
+        the whole archive, with a warning: ``s3exchange index`` stores the index once.
         """
-        archive = entry["archive_key"]
-        key = entry.get("index_key") or index_key_for(archive)
+        index = self.stored_shard_index(entry)
+        if index is None:
+            log.warning(
+                "shard %r has no index (or one of another version of the archive): reading "
+                "the whole archive once to index it (`s3exchange index` stores an index)",
+                entry["archive_key"],
+            )
+            index = self.scan_shard_index(entry)
+        return index
+
+    def stored_shard_index(self, entry: ShardEntry) -> ShardIndex | None:
+        """The shard's index as stored (the entry's ``index_key``, else the key beside the
+        archive), or None when there is none or it describes an archive with another ETag than
+        the one the entry records."""
+        key = entry.get("index_key") or index_key_for(entry["archive_key"])
         try:
             data, _ = self._reconnecting(
                 key, lambda: self._bucket.read_object(key, retry=self.read_retry)
             )
         except ObjectNotFoundError:
-            why = "has no index"
-        else:
-            index = parse_index(data.splitlines(keepends=True), index_key=key)
-            listed = entry.get("etag")
-            if not (listed and index.etag and listed.strip('"') != index.etag.strip('"')):
-                return index
-            why = f"is not the archive its index {key!r} describes"
-        log.warning(
-            "shard %r %s: reading the whole archive once to index it "
-            "(`s3exchange index` stores an index)",
-            archive,
-            why,
-        )
-        return self.scan_shard_index(entry)
+            return None
+        index = parse_index(data.splitlines(keepends=True), index_key=key)
+        listed = entry.get("etag")
+        if listed and index.etag and listed.strip('"') != index.etag.strip('"'):
+            return None
+        return index
+
+    def write_shard_index(self, index: ShardIndex) -> str:
+        """Store ``index`` beside its archive (e.g. one :meth:`scan_shard_index` made); returns
+        its key."""
+        key = index_key_for(index.archive_key)
+        self._bucket.put(key, dumps_index(index), content_type=MANIFEST_CONTENT_TYPE)
+        return key
 
     def scan_shard_index(self, entry: ShardEntry) -> ShardIndex:
         """A shard's index made by streaming its archive once, checking every member (its

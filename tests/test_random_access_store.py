@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from s3exchange import S3ExchangeStore
-from s3exchange.errors import ObjectChangedError, ShardReadError
+from s3exchange.errors import ObjectChangedError, ObjectNotFoundError, ShardReadError
 from s3exchange.shard_index import index_key_for
 from s3exchange.types import ShardEntry, ShardItem
 
@@ -131,3 +131,35 @@ def test_gnu_tar_and_webdataset_read_the_seekable_tar_gz(
     assert listed.stdout.split() == ["__manifest__.jsonl"] + [i["member_path"] for i in items]
     samples = list(webdataset.WebDataset(str(path), shardshuffle=False))
     assert sum(1 for s in samples if "bin" in s) == len(items)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_virtual_keys_open_by_ranged_get(store: S3ExchangeStore, compression: str | None) -> None:
+    name = "v/a.tar.gz" if compression else "v/a.tar"
+    items = _items(random.Random(6), 20)
+    store.put_shard_archive(name, items, compression=compression)  # type: ignore[arg-type]
+    for item in items:
+        with store.get_object(f"{name}#{item['member_path']}") as stream:
+            assert stream.read() == item["source"]
+    with store.get_object(f"{name}#{items[-1]['member_path']}") as stream:
+        first = stream.read(7)
+        assert first + stream.read() == items[-1]["source"]
+    with pytest.raises(ObjectNotFoundError, match="no-such"):
+        store.get_object(f"{name}#no-such.bin")
+
+
+def test_a_virtual_key_with_a_stale_index_streams_the_new_archive(store: S3ExchangeStore) -> None:
+    store.put_shard_archive("s/a.tar", _items(random.Random(1), 4))
+    stale = store.get_object(index_key_for("s/a.tar")).read()
+    fresh = _items(random.Random(2), 4)
+    store.put_shard_archive("s/a.tar", fresh)
+    store.put_object(index_key_for("s/a.tar"), stale)  # the index of the old archive
+    assert store.get_object("s/a.tar#s/0003.bin").read() == fresh[3]["source"]
+
+
+def test_a_corrupt_ranged_member_fails_naming_archive_and_member(store: S3ExchangeStore) -> None:
+    store.put_shard_archive("k/a.tar", _items(random.Random(3), 4))
+    raw = store.get_object(index_key_for("k/a.tar")).read()
+    store.put_object(index_key_for("k/a.tar"), raw.replace(b'"crc32c":"', b'"crc32c":"f'))
+    with pytest.raises(ShardReadError, match=r"'k/a\.tar' member 's/0003\.bin'.*crc32c"):
+        store.get_object("k/a.tar#s/0003.bin").read()

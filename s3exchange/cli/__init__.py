@@ -44,6 +44,7 @@ from ._common import (
     parse_var,
     positive_int,
 )
+from ._index import cmd_index
 from ._read import cmd_cat, cmd_ls, cmd_manifest_show, cmd_manifest_stats
 from ._verify import cmd_verify
 from ._write import cmd_compact, cmd_gc, cmd_pack, cmd_rm
@@ -248,6 +249,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--expand-shards", action="store_true", help="list every shard member as its own entry"
     )
     compact.set_defaults(handler=cmd_compact)
+    index = command(
+        commands,
+        "index",
+        "store shard indexes (member offsets for ranged reads) beside existing archives",
+        json="output one JSON report",
+    )
+    index.add_argument(
+        "src",
+        metavar="MANIFEST_OR_PREFIX",
+        help="a manifest (.jsonl): index its shards; or a prefix: index every .tar/.tar.gz "
+        "under it and list them in a new manifest",
+    )
+    index.add_argument(
+        "--manifest",
+        metavar="KEY",
+        help="the manifest written for a prefix (default: <prefix>/manifest.jsonl)",
+    )
+    index.add_argument(
+        "--wids", metavar="KEY", help="also write a wids shard list (JSON) of the plain tars"
+    )
+    index.add_argument(
+        "--force", action="store_true", help="index again shards whose index is current"
+    )
+    index.set_defaults(handler=cmd_index)
 
     rm = command(
         commands,

@@ -80,10 +80,16 @@ class CliError(Exception):
 
 CONNECTION_OPTIONS = ("endpoint_url", "bucket", "base_prefix", "region")
 
-KEY_ARGUMENTS = ("key", "prefix", "manifest_key", "manifest", "src", "dst")
+KEY_ARGUMENTS = ("key", "prefix", "manifest_key", "manifest", "src", "dst", "wids")
 """The attributes of a parsed command line that hold a key or a key prefix."""
 
-CREATED_KEYS = {("pack", "manifest_key"), ("pack", "prefix"), ("compact", "dst")}
+CREATED_KEYS = {
+    ("pack", "manifest_key"),
+    ("pack", "prefix"),
+    ("compact", "dst"),
+    ("index", "manifest"),
+    ("index", "wids"),
+}
 """Keys a command creates: templates even without ``--var``, so ``{name}`` is never silent."""
 
 _INTEGER = re.compile(r"-?[1-9][0-9]*|0")

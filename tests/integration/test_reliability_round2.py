@@ -135,7 +135,11 @@ def test_member_entries_delete_their_archive_only_when_they_cover_it(
     ]
 
     whole = store.plan_delete_manifest("flat.jsonl")
-    assert list(whole.targets()) == [("archive", "shards/s.tar"), ("manifest", "flat.jsonl")]
+    assert list(whole.targets()) == [
+        ("archive", "shards/s.tar"),
+        ("index", "shards/s.tar.index.jsonl"),
+        ("manifest", "flat.jsonl"),
+    ]
     assert whole.kept == ()
     assert store.delete_manifest("flat.jsonl", plan=whole)["deleted_archive_count"] == 1
     assert sorted(store.list_keys()) == ["m.jsonl"]
