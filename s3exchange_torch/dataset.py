@@ -69,7 +69,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Any
 
@@ -200,6 +200,12 @@ class _Progress:
     emitted: int
     runs: tuple[Run, ...] = ()
     """The interrupted runs of this epoch this iteration resumes after (elastic resume)."""
+    records: list[dict[str, Any]] = field(init=False)
+    """``runs`` as state values, built once: the loader takes a state after every batch, and
+    after a resume from 4,096 ranks x 16 workers each run holds 65,536 counts."""
+
+    def __post_init__(self) -> None:
+        self.records = [run.to_state() for run in self.runs]
 
 
 class S3ExchangeIterableDataset(IterableDataset[Any]):
@@ -620,7 +626,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             "worker_samples": progress.total,
             "emitted": progress.emitted,
             "num_samples": -1 if counts is None else self.num_samples,
-            "runs": [run.to_state() for run in progress.runs],
+            "runs": progress.records,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
