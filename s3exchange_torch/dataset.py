@@ -83,7 +83,7 @@ from s3exchange.types import ManifestEntry
 from .mixing import MixPlan, Source, Stop, check_stop, quotas, source_segments
 from .plan import Balance, EpochPlan, Segment, check_balance, rank_size
 from .prefetch import Item, Prefetcher, SampleTooLargeError, plan_jobs
-from .resume import Remainder, Run, merge_states, worker_rng
+from .resume import STATE_VERSION, Remainder, Run, merge_states, worker_rng
 from .shuffle import ResumePoint, replay, shuffled
 from .units import GroupBy, Unit, resolve_units
 
@@ -91,8 +91,6 @@ __all__ = ["STATE_VERSION", "S3ExchangeIterableDataset", "SampleTooLargeError"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 2
-"""2 added ``num_samples`` and ``runs`` (elastic resume); a version 1 state still loads."""
 _DATA_KEYS = ("seed", "shuffle", "shuffle_buffer", "group_by")
 """What a state must share with the dataset that loads it, whatever the topology."""
 _CONFIG_KEYS = (*_DATA_KEYS, "balance", "rank", "world_size")

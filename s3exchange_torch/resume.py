@@ -256,7 +256,8 @@ def batches_delivered(batch_counts: Sequence[int], batches: int) -> list[int]:
 # -- states ------------------------------------------------------------------------------------
 
 STATE_VERSION = 2
-"""Version of the dataset states this module reads and writes (see the dataset module)."""
+"""Version of the dataset's states: 2 added ``num_samples`` and ``runs`` (elastic resume); a
+version 1 state still loads."""
 _DATA_KEYS = ("seed", "shuffle", "shuffle_buffer", "group_by", "mix")
 _SHARED_KEYS = (*_DATA_KEYS, "epoch", "world_size", "num_workers", "balance", "runs")
 
