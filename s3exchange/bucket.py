@@ -31,7 +31,7 @@ from .errors import (
 )
 from .fastget import FastGetter
 from .keys import KeySpace
-from .transport import PendingUpload
+from .transport import DELETE_BATCH, PendingUpload
 from .types import DeleteFailure, ListedObject
 
 if TYPE_CHECKING:
@@ -58,7 +58,6 @@ REDIRECT_CODES = frozenset(
     {"PermanentRedirect", "TemporaryRedirect", "301", "307", "AuthorizationHeaderMalformed"}
 )
 """Answers to a request sent to the wrong region: botocore's redirector knows what to do."""
-DELETE_BATCH = 1000
 
 
 def error_code(exc: ClientError) -> str:
@@ -395,8 +394,10 @@ class Bucket:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, key, "DeleteObject") from exc
 
-    def delete_many(self, keys: Iterable[str]) -> tuple[int, list[DeleteFailure]]:
-        """Delete in batches of 1000; returns (deleted count, per-key failures)."""
+    def delete_many(
+        self, keys: Iterable[str], *, batch_size: int = DELETE_BATCH
+    ) -> tuple[int, list[DeleteFailure]]:
+        """Delete ``batch_size`` keys a request; returns (deleted count, per-key failures)."""
         deleted = 0
         failures: list[DeleteFailure] = []
         batch: list[str] = []
@@ -427,7 +428,7 @@ class Bucket:
 
         for key in keys:
             batch.append(key)
-            if len(batch) == DELETE_BATCH:
+            if len(batch) >= batch_size:
                 flush()
         flush()
         return deleted, failures

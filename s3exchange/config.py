@@ -9,6 +9,7 @@ from typing import Any
 
 from .body import RetryPolicy
 from .multipart import DEFAULT_PART_SIZE, MIN_PART_SIZE
+from .transport import DELETE_BATCH
 
 __all__ = ["TransferConfig"]
 
@@ -19,7 +20,7 @@ _MAX_PART_SIZE = 5 << 30
 
 @dataclass(frozen=True, slots=True)
 class TransferConfig:
-    """How the library moves bytes: part sizes, concurrency, retries, read-ahead.
+    """How the library moves bytes: part sizes, concurrency, retries, read-ahead, batches.
 
     A store holds one (``S3ExchangeStore(config=)``, :attr:`S3ExchangeStore.config`); its
     keyword arguments (``part_size=``, ``upload_concurrency=``, ``read_retry=``,
@@ -38,6 +39,7 @@ class TransferConfig:
       + 1) x chunk_bytes`` of shard samples handed over or being gathered [15 MiB, whatever
       the shard size], plus up to ``2 x io_threads`` loose files in flight, each held whole
       (so at most ``max_sample_bytes``), plus the dataset's ``shuffle_buffer`` samples.
+    - **a delete** holds ``delete_batch`` keys a request [1,000].
 
     Attributes:
         part_size: bytes a multipart upload sends per part (S3: 5 MiB to 5 GiB) [8 MiB].
@@ -55,6 +57,8 @@ class TransferConfig:
         max_sample_bytes: largest shard member or loose file a worker reads: a sample is held
             whole in memory, so a bigger one is refused before a byte of it is read [256 MiB;
             a 3 GiB member of a 3 MB .tar.gz once drove a worker to 6.4 GiB RSS].
+        delete_batch: keys a ``DeleteObjects`` request deletes (S3 takes at most 1,000)
+            [1,000]; fewer for a server with a lower limit.
     """
 
     part_size: int = DEFAULT_PART_SIZE
@@ -67,6 +71,7 @@ class TransferConfig:
     chunk_bytes: int = 1 * MiB
     queue_chunks: int = 4
     max_sample_bytes: int = 256 * MiB
+    delete_batch: int = DELETE_BATCH
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -83,6 +88,7 @@ class TransferConfig:
             "chunk_bytes": 1,
             "queue_chunks": 1,
             "max_sample_bytes": 1,
+            "delete_batch": 1,
         }
         for name, least in at_least.items():
             value = getattr(self, name)
@@ -90,6 +96,8 @@ class TransferConfig:
                 return f"{name} must be an int >= {least}, got {value!r}"
         if self.io_threads is not None and self.io_threads < 1:
             return f"io_threads must be None or >= 1, got {self.io_threads}"
+        if self.delete_batch > DELETE_BATCH:
+            return f"delete_batch must be at most {DELETE_BATCH}, got {self.delete_batch}"
         if self.reconnect_s < 0:
             return f"reconnect_s must be >= 0, got {self.reconnect_s}"
         retry = self.read_retry

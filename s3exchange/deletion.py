@@ -18,16 +18,22 @@ from .errors import (
 from .keys import KeySpace, split_virtual_key
 from .manifest import ManifestReader, walk_graph
 from .shard_index import index_key_for
-from .transport import Transport
+from .transport import DELETE_BATCH, Transport
 from .types import DeleteFailure, DeleteReport
 
 log = logging.getLogger(__name__)
 
 
 def delete_prefix(
-    bucket: Transport, prefix: str, regex: str | None = None, *, allow_all: bool = False
+    bucket: Transport,
+    prefix: str,
+    regex: str | None = None,
+    *,
+    allow_all: bool = False,
+    batch_size: int = DELETE_BATCH,
 ) -> int:
-    """Delete keys under ``prefix`` whose logical key matches ``regex`` (``re.search``).
+    """Delete keys under ``prefix`` whose logical key matches ``regex`` (``re.search``),
+    ``batch_size`` keys a request.
 
     An empty prefix (every key under the base prefix) needs ``allow_all``. Raises DeleteError
     listing the keys the server refused, or that the key rules reject (another tool wrote
@@ -54,7 +60,7 @@ def delete_prefix(
                 continue
             yield key
 
-    deleted, failures = bucket.delete_many(keys())
+    deleted, failures = bucket.delete_many(keys(), batch_size=batch_size)
     refused += [(f["key"], f["code"], f["message"]) for f in failures]
     if refused:
         raise DeleteError(errors=refused)
@@ -193,21 +199,26 @@ def plan_delete_manifest(
 
 
 def delete_manifest(
-    bucket: Transport, plan: DeletePlan, *, delete_manifests: bool = True
+    bucket: Transport,
+    plan: DeletePlan,
+    *,
+    delete_manifests: bool = True,
+    batch_size: int = DELETE_BATCH,
 ) -> DeleteReport:
-    """Delete a :func:`plan_delete_manifest` plan: objects, archives, then the manifests.
+    """Delete a :func:`plan_delete_manifest` plan: objects, archives, then the manifests
+    (``batch_size`` keys a request).
 
     Manifests go last, deepest part first, and only if every data key was deleted: a failed
     run leaves the manifests in place to run again, never a manifest whose data is half gone
     without a record of it.
     """
-    objects, object_failures = bucket.delete_many(plan.objects)
-    archives, archive_failures = bucket.delete_many(plan.archives)
-    _, index_failures = bucket.delete_many(plan.indexes)
+    objects, object_failures = bucket.delete_many(plan.objects, batch_size=batch_size)
+    archives, archive_failures = bucket.delete_many(plan.archives, batch_size=batch_size)
+    _, index_failures = bucket.delete_many(plan.indexes, batch_size=batch_size)
     failures: list[DeleteFailure] = object_failures + archive_failures + index_failures
     manifests = 0
     if delete_manifests and not failures:
-        manifests, manifest_failures = bucket.delete_many(plan.manifests)
+        manifests, manifest_failures = bucket.delete_many(plan.manifests, batch_size=batch_size)
         failures += manifest_failures
     elif failures:
         log.warning(

@@ -985,7 +985,9 @@ class S3ExchangeStore:
         has been deleted.
         """
         resolved = self.resolve(prefix, vars)
-        return deletion.delete_prefix(self._bucket, resolved, regex, allow_all=allow_all)
+        return deletion.delete_prefix(
+            self._bucket, resolved, regex, allow_all=allow_all, batch_size=self.config.delete_batch
+        )
 
     def plan_delete_manifest(
         self, manifest: str, dedupe: bool = True, vars: Mapping[str, Any] | None = None
@@ -1031,7 +1033,12 @@ class S3ExchangeStore:
             plan = self._plan_delete(resolved, dedupe)
         elif plan.root != resolved:
             raise ValueError(f"the plan is for {plan.root!r}, not {resolved!r}")
-        return deletion.delete_manifest(self._bucket, plan, delete_manifests=delete_manifests)
+        return deletion.delete_manifest(
+            self._bucket,
+            plan,
+            delete_manifests=delete_manifests,
+            batch_size=self.config.delete_batch,
+        )
 
     def compact_manifest(
         self,

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from .keys import KeySpace
     from .types import DeleteFailure, ListedObject
 
-__all__ = ["PendingUpload", "Transport"]
+__all__ = ["DELETE_BATCH", "PendingUpload", "Transport"]
+
+DELETE_BATCH = 1000
+"""S3's most keys in one ``DeleteObjects`` request; ``TransferConfig.delete_batch``'s default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +101,10 @@ class Transport(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def delete_many(self, keys: Iterable[str]) -> tuple[int, list[DeleteFailure]]:
-        """Delete in batches; returns (deleted count, per-key failures)."""
+    def delete_many(
+        self, keys: Iterable[str], *, batch_size: int = DELETE_BATCH
+    ) -> tuple[int, list[DeleteFailure]]:
+        """Delete ``batch_size`` keys a request; returns (deleted count, per-key failures)."""
         ...
 
     # multipart uploads

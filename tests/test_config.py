@@ -11,6 +11,8 @@ import boto3
 import pytest
 
 from s3exchange import RetryPolicy, S3ExchangeStore, S3Settings, TransferConfig
+from s3exchange.deletion import delete_prefix
+from s3exchange.testing import MemoryBucket
 from s3exchange_torch import S3ExchangeIterableDataset
 
 MiB = 1 << 20
@@ -34,7 +36,7 @@ def test_the_defaults_are_the_measured_choices() -> None:
     assert config.read_retry == RetryPolicy()
     assert (config.reconnect_s, config.io_threads, config.prefetch_shards) == (30.0, None, 2)
     assert (config.chunk_samples, config.chunk_bytes, config.queue_chunks) == (64, MiB, 4)
-    assert config.max_sample_bytes == 256 * MiB
+    assert (config.max_sample_bytes, config.delete_batch) == (256 * MiB, 1000)
 
 
 def test_the_docstrings_memory_figures_follow_from_the_defaults() -> None:
@@ -62,6 +64,8 @@ def test_the_docstrings_memory_figures_follow_from_the_defaults() -> None:
         ("chunk_bytes", 0),
         ("queue_chunks", 0),
         ("max_sample_bytes", 0),
+        ("delete_batch", 0),
+        ("delete_batch", 1001),
         ("read_retry", RetryPolicy(max_attempts=0)),
     ],
 )
@@ -126,3 +130,12 @@ def test_the_datasets_keyword_arguments_override_the_stores_config() -> None:
         S3ExchangeIterableDataset(store, entries, max_sample_bytes=0)  # type: ignore[arg-type]
     restored = pickle.loads(pickle.dumps(dataset))
     assert restored._transfer == config
+
+
+def test_deletes_go_delete_batch_keys_a_request() -> None:
+    bucket = MemoryBucket()
+    for i in range(5):
+        bucket.put(f"d/{i}.bin", b"x")
+    assert delete_prefix(bucket, "d/", batch_size=2) == 5
+    sizes = [len(r.args["keys"]) for r in bucket.requests_of("DeleteObjects")]
+    assert sizes == [2, 2, 1]

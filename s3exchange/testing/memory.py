@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from ..body import OpenedBody, RetryPolicy
-from ..bucket import DELETE_BATCH, translate
+from ..bucket import translate
 from ..errors import ObjectChangedError, ObjectNotFoundError
 from ..keys import KeySpace
 from ..multipart import MIN_PART_SIZE
-from ..transport import PendingUpload
+from ..transport import DELETE_BATCH, PendingUpload
 from ..types import DeleteFailure, ListedObject
 
 __all__ = ["MemoryBucket", "Request", "StoredObject"]
@@ -267,7 +267,9 @@ class MemoryBucket:
             self._record("DeleteObject", key)
             self.objects.pop(self.keyspace.physical(key), None)
 
-    def delete_many(self, keys: Iterable[str]) -> tuple[int, list[DeleteFailure]]:
+    def delete_many(
+        self, keys: Iterable[str], *, batch_size: int = DELETE_BATCH
+    ) -> tuple[int, list[DeleteFailure]]:
         deleted = 0
         failures: list[DeleteFailure] = []
         batch: list[str] = []
@@ -286,7 +288,7 @@ class MemoryBucket:
 
         for key in keys:
             batch.append(key)
-            if len(batch) == DELETE_BATCH:
+            if len(batch) >= batch_size:
                 flush()
         if batch:
             flush()

@@ -1,12 +1,17 @@
-"""The reading knobs of TransferConfig reach the shard read-ahead (a real server, moto)."""
+"""TransferConfig's knobs reach the shard read-ahead and the deletes (a real server, moto)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from s3exchange import S3ExchangeStore, ShardItem, TransferConfig
 from s3exchange_torch.plan import Segment
 from s3exchange_torch.prefetch import Prefetcher, SampleTooLargeError, plan_jobs
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @pytest.mark.parametrize(
@@ -38,3 +43,23 @@ def test_max_sample_bytes_of_the_config_refuses_a_member(store: S3ExchangeStore)
     prefetcher = Prefetcher(store, plan_jobs([entry.entry], [Segment(0, 0, 1)]), config=config)
     with pytest.raises(SampleTooLargeError, match="200 bytes exceed max_sample_bytes=199"):
         list(prefetcher.chunks())
+
+
+def test_the_stores_deletes_go_delete_batch_keys_a_request(
+    s3_client: S3Client, bucket: str
+) -> None:
+    store = S3ExchangeStore(s3_client, bucket, config=TransferConfig(delete_batch=2))
+    for i in range(5):
+        store.put_object(f"d/{i}.bin", b"x")
+    sizes: list[int] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        sizes.append(len(params["Delete"]["Objects"]))
+
+    s3_client.meta.events.register("provide-client-params.s3.DeleteObjects", count)
+    try:
+        assert store.delete_prefix("d/") == 5
+    finally:
+        s3_client.meta.events.unregister("provide-client-params.s3.DeleteObjects", count)
+    assert sizes == [2, 2, 1]
+    assert list(store.list_objects("d/")) == []
