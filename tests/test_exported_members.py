@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import s3exchange
+import s3exchange.ray
 import s3exchange_torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,11 +76,14 @@ S3EXCHANGE_TORCH = [
     "pack_bytes",
 ]
 
+S3EXCHANGE_RAY = ["S3ExchangeDatasink", "S3ExchangeDatasource", "pack_objects", "read_s3exchange"]
+
 each_package = pytest.mark.parametrize(
     ("package", "expected"),
     [
         pytest.param(s3exchange, S3EXCHANGE, id="s3exchange"),
         pytest.param(s3exchange_torch, S3EXCHANGE_TORCH, id="s3exchange_torch"),
+        pytest.param(s3exchange.ray, S3EXCHANGE_RAY, id="s3exchange.ray"),
     ],
 )
 

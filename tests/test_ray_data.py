@@ -340,3 +340,12 @@ def test_source_verifies_each_member_checksum(
     s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
     with pytest.raises(ShardReadError, match=r"k2\.bin"):
         read_s3exchange(settings, MANIFEST, verify=True).take_all()
+
+
+def test_rows_per_task_bundles_blocks_into_fewer_tasks(
+    ray_local: None, settings: S3Settings
+) -> None:
+    sink = S3ExchangeDatasink(settings, PATTERN, MANIFEST, rows_per_task=40)
+    ray.data.from_items(_rows(40), override_num_blocks=4).write_datasink(sink)
+    assert [e["archive_key"] for e in sink.entries] == [PATTERN.format(task=0, index=0)]
+    assert sink.entries[0]["count"] == 40 * 4
