@@ -155,6 +155,11 @@ def _append_worker(args: tuple[dict[str, Any], str, int, int]) -> list[str]:
 def test_concurrent_append_parts_writers_lose_no_part(
     s3_server: Any, store: S3ExchangeStore, bucket: str
 ) -> None:
+    if s3_server.s3.kind == "moto":
+        # moto's server checks If-Match, then writes, without a lock, on a thread per request:
+        # two writers can both pass the check and one part is lost (1 run in ~10 here). The
+        # property needs a server whose conditional writes are atomic, as S3's are.
+        pytest.skip("moto's conditional writes are not atomic under concurrent requests")
     s3 = s3_server.s3
     env = {
         "endpoint_url": s3.endpoint_url,
