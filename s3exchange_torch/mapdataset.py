@@ -92,7 +92,8 @@ class S3ExchangeMapDataset(Dataset[Any]):
         verify: check each item against its recorded checksum (default: the store's
             ``verify``).
         io_threads: concurrent GETs per :meth:`__getitems__` call (keep the client's
-            connection pool at least this large).
+            connection pool at least this large); ``None``: the store's
+            ``config.io_threads``, or 16 where that is automatic.
         allow_unfinished: read a manifest a ``pack`` has not finished, with a warning.
     """
 
@@ -103,15 +104,13 @@ class S3ExchangeMapDataset(Dataset[Any]):
         *,
         transform: Callable[[bytes, Any], Any] | None = None,
         verify: bool | None = None,
-        io_threads: int = 16,
+        io_threads: int | None = None,
         allow_unfinished: bool = False,
     ) -> None:
-        if io_threads < 1:
-            raise ValueError(f"io_threads must be >= 1, got {io_threads}")
         self._store = store
         self._transform = transform
         self._verify = store.verify if verify is None else verify
-        self._io_threads = io_threads
+        self._io_threads = store.config.replace(io_threads=io_threads).io_threads or 16
         self._archives: list[_Archive] = []
         self._lines: list[bytes] = []
         self._where = array.array("q")  # archive number per item, -1 for a loose file

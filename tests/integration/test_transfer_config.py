@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from s3exchange import S3ExchangeStore, ShardItem, TransferConfig
+from s3exchange_torch import S3ExchangeMapDataset
 from s3exchange_torch.plan import Segment
 from s3exchange_torch.prefetch import Prefetcher, SampleTooLargeError, plan_jobs
 
@@ -63,3 +64,16 @@ def test_the_stores_deletes_go_delete_batch_keys_a_request(
         s3_client.meta.events.unregister("provide-client-params.s3.DeleteObjects", count)
     assert sizes == [2, 2, 1]
     assert list(store.list_objects("d/")) == []
+
+
+def test_the_map_datasets_io_threads_come_from_the_config(s3_client: S3Client, bucket: str) -> None:
+    store = S3ExchangeStore(s3_client, bucket, config=TransferConfig(io_threads=3))
+    entry = store.put_object("a.bin", b"x")
+    store.write_manifest("m.jsonl", [entry])
+    assert S3ExchangeMapDataset(store, "m.jsonl")._io_threads == 3
+    assert S3ExchangeMapDataset(store, "m.jsonl", io_threads=5)._io_threads == 5
+    assert S3ExchangeMapDataset(store.scope(), "m.jsonl")._io_threads == 3
+    plain = S3ExchangeStore(s3_client, bucket)
+    assert S3ExchangeMapDataset(plain, "m.jsonl")._io_threads == 16  # automatic: 16
+    with pytest.raises(ValueError, match="io_threads"):
+        S3ExchangeMapDataset(store, "m.jsonl", io_threads=0)
