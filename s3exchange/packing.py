@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import fnmatch
 import hashlib
+import logging
 import os
 import posixpath
 import random
@@ -40,7 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, Protocol, TypedDict, cast
 
-from .errors import ManifestNotFoundError, PackConflictError, PackError, ShardReadError
+from .errors import (
+    InvalidManifestError,
+    ManifestNotFoundError,
+    PackConflictError,
+    PackError,
+    ShardReadError,
+)
 from .keys import LiteralKey
 from .samples import entry_id, sample_key, split_items
 from .shard_format import CHECKSUM_FIELDS, hexdigest, new_digest
@@ -49,6 +56,8 @@ from .types import Compression, FileEntry, ShardEntry, ShardItem
 
 if TYPE_CHECKING:
     from .store import S3ExchangeStore
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PackProgress",
@@ -61,6 +70,7 @@ __all__ = [
     "ThreadBuilder",
     "default_prefix",
     "describe_skipped",
+    "manifest_to_read",
     "pack",
     "pack_files",
     "plan_shards",
@@ -208,6 +218,25 @@ def unfinished_pack(store: S3ExchangeStore, root: str) -> str | None:
 
 
 UNFINISHED_HINT = "run the same pack command again to finish it"
+
+
+def manifest_to_read(store: S3ExchangeStore, key: str, *, allow_unfinished: bool) -> str:
+    """The manifest a reader opens for ``key`` (a template): ``key`` resolved, unless a pack
+    into it has not finished. Then InvalidManifestError saying so, or, ``allow_unfinished``, a
+    warning and what it wrote: the side manifest while ``key`` itself does not exist yet. The one
+    rule of the PyTorch datasets and ``s3exchange.ray``'s source (``verify`` reports it)."""
+    root = LiteralKey(store.resolve(key))
+    side = unfinished_pack(store, root)
+    if side is None:
+        return root
+    what = f"a pack into {root!r} has not finished ({side!r} lists its shards so far)"
+    if not allow_unfinished:
+        raise InvalidManifestError(
+            key=root,
+            reason=f"{what}; {UNFINISHED_HINT}, or pass allow_unfinished=True to read it",
+        )
+    log.warning("%s; reading what it wrote", what)
+    return LiteralKey(side) if side != root and not store.exists(root) else root
 
 
 def shard_key(prefix: str, index: int, compression: Compression) -> str:

@@ -76,8 +76,8 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from s3exchange import InvalidManifestError, LiteralKey, S3ExchangeStore
-from s3exchange.packing import UNFINISHED_HINT, unfinished_pack
+from s3exchange import S3ExchangeStore
+from s3exchange.packing import manifest_to_read
 from s3exchange.types import ManifestEntry
 
 from .mixing import MixPlan, Source, Stop, check_stop, quotas, source_segments
@@ -396,21 +396,9 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         self._manifest = None
 
     def _finished(self, key: str) -> str:
-        """``key``, unless a ``pack`` into it has not finished: refused, or (allowed) the
-        side manifest when the pack never got to write ``key`` itself."""
-        store = self._store
-        root = LiteralKey(store.resolve(key))
-        side = unfinished_pack(store, root)
-        if side is None:
-            return key
-        what = f"a pack into {root!r} has not finished ({side!r} lists its shards so far)"
-        if not self._allow_unfinished:
-            raise InvalidManifestError(
-                key=root,
-                reason=f"{what}; {UNFINISHED_HINT}, or pass allow_unfinished=True to read it",
-            )
-        log.warning("%s; reading what it wrote", what)
-        return LiteralKey(side) if side != root and not store.exists(root) else key
+        """``key``, unless a ``pack`` into it has not finished (:func:`~s3exchange.packing.
+        manifest_to_read`: refused, or allowed with a warning)."""
+        return manifest_to_read(self._store, key, allow_unfinished=self._allow_unfinished)
 
     @property
     def num_samples(self) -> int:

@@ -36,9 +36,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from s3exchange import InvalidManifestError, LiteralKey, S3ExchangeStore
+from s3exchange import LiteralKey, S3ExchangeStore
 from s3exchange.keys import virtual_key
-from s3exchange.packing import UNFINISHED_HINT, unfinished_pack
+from s3exchange.packing import manifest_to_read
 from s3exchange.shard_index import IndexedMember, ShardIndex, byte_range, check_member, extract
 from s3exchange.types import Compression, FileEntry, ShardEntry
 
@@ -116,22 +116,9 @@ class S3ExchangeMapDataset(Dataset[Any]):
         self._where = array.array("q")  # archive number per item, -1 for a loose file
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_pid = -1
-        self._resolve(self._checked_manifest(manifest, allow_unfinished))
+        self._resolve(manifest_to_read(store, manifest, allow_unfinished=allow_unfinished))
 
     # -- construction ------------------------------------------------------------------------
-
-    def _checked_manifest(self, manifest: str, allow_unfinished: bool) -> str:
-        root = LiteralKey(self._store.resolve(manifest))
-        side = unfinished_pack(self._store, root)
-        if side is not None:
-            what = f"a pack into {root!r} has not finished ({side!r} lists its shards so far)"
-            if not allow_unfinished:
-                raise InvalidManifestError(
-                    key=root,
-                    reason=f"{what}; {UNFINISHED_HINT}, or pass allow_unfinished=True to read it",
-                )
-            log.warning("%s; reading what it wrote", what)
-        return root
 
     def _resolve(self, manifest: str) -> None:
         """Items in manifest order; shard indexes read concurrently, in order."""

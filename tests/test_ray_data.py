@@ -349,3 +349,19 @@ def test_rows_per_task_bundles_blocks_into_fewer_tasks(
     ray.data.from_items(_rows(40), override_num_blocks=4).write_datasink(sink)
     assert [e["archive_key"] for e in sink.entries] == [PATTERN.format(task=0, index=0)]
     assert sink.entries[0]["count"] == 40 * 4
+
+
+def test_source_refuses_a_manifest_whose_pack_has_not_finished(
+    ray_local: None, settings: S3Settings
+) -> None:
+    from s3exchange import InvalidManifestError
+    from s3exchange.packing import unfinished_key
+
+    store = S3ExchangeStore.from_settings(settings)
+    with store.shard_writer("train/shards/s-{index}.tar", None) as writer:
+        writer.write({"__key__": "k", "bin": b"data"})
+    store.put_sharded(unfinished_key(MANIFEST), writer.entries)  # a pack still under way
+    with pytest.raises(InvalidManifestError, match="has not finished"):
+        read_s3exchange(settings, MANIFEST)
+    rows = read_s3exchange(settings, MANIFEST, allow_unfinished=True).take_all()
+    assert [(r["__key__"], r["bin"]) for r in rows] == [("k", b"data")]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,9 +22,8 @@ from ray.data import Dataset, read_datasource
 from ray.data.block import Block, BlockMetadata
 from ray.data.datasource.datasource import Datasource, ReadTask
 
-from ..errors import InvalidManifestError, ShardReadError
-from ..keys import LiteralKey
-from ..packing import UNFINISHED_HINT, unfinished_pack
+from ..errors import ShardReadError
+from ..packing import manifest_to_read
 from ..samples import key_and_field
 from ..store import S3ExchangeStore
 from ..types import FileEntry, ManifestEntry, ShardEntry
@@ -37,8 +35,6 @@ if TYPE_CHECKING:
     from ..settings import S3Settings
 
 __all__ = ["S3ExchangeDatasource", "balance", "read_s3exchange"]
-
-log = logging.getLogger(__name__)
 
 GroupBy = Literal["key"] | None
 """``"key"``: one row per webdataset sample (every field of a key); ``None``: one row per file."""
@@ -214,7 +210,7 @@ class S3ExchangeDatasource(Datasource):
         self._group_by: GroupBy = group_by
         self._verify = verify
         store = store_for(settings)
-        self._manifest = _finished(store, manifest, allow_unfinished)
+        self._manifest = manifest_to_read(store, manifest, allow_unfinished=allow_unfinished)
         self._units = _units(store.iter_manifest_entries(self._manifest))
 
     def __repr__(self) -> str:
@@ -263,23 +259,6 @@ class S3ExchangeDatasource(Datasource):
             )
             tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
         return tasks
-
-
-def _finished(store: S3ExchangeStore, manifest: str, allow_unfinished: bool) -> str:
-    """The manifest to read: refused while a ``pack`` into it has not finished (as the PyTorch
-    dataset refuses it), unless ``allow_unfinished``."""
-    root = LiteralKey(store.resolve(manifest))
-    side = unfinished_pack(store, root)
-    if side is None:
-        return root
-    what = f"a pack into {root!r} has not finished ({side!r} lists its shards so far)"
-    if not allow_unfinished:
-        raise InvalidManifestError(
-            key=root,
-            reason=f"{what}; {UNFINISHED_HINT}, or pass allow_unfinished=True to read it",
-        )
-    log.warning("%s; reading what it wrote", what)
-    return LiteralKey(side) if side != root and not store.exists(root) else root
 
 
 def read_s3exchange(
