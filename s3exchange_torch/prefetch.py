@@ -95,11 +95,15 @@ def plan_jobs(
 
     A worker's positions number its segments' samples consecutively. Needed are the buffered
     ``point.pending`` and everything from ``point.arrived`` on; jobs that need nothing are left
-    out, so a resumed epoch never downloads what it already delivered.
+    out, so a resumed epoch never downloads what it already delivered. Consecutive segments of
+    one unit in increasing member order (what an elastic resume hands a worker: the members an
+    old worker's shuffle buffer held, one segment each) become one job, so the shard is read
+    once, not once per member.
     """
     pending = sorted(point.pending)
     next_pending = 0
     base = 0
+    run: list[tuple[Segment, list[int], int]] = []  # segments of one unit, wanted members
     for segment in segments:
         end = base + segment.size
         explicit: list[int] = []
@@ -107,11 +111,33 @@ def plan_jobs(
             explicit.append(segment.start + pending[next_pending] - base)
             next_pending += 1
         tail = segment.start + max(0, point.arrived - base)
-        wanted = Wanted(frozenset(explicit), tail)
-        job = Job(units[segment.unit], segment.start, segment.stop, wanted)
+        previous = run[-1][0] if run else None
+        if previous is not None and (
+            previous.unit != segment.unit or segment.start < previous.stop
+        ):
+            job = _job(units, run)
+            if job.expected:
+                yield job
+            run = []
+        run.append((segment, explicit, tail))
+        base = end
+    if run:
+        job = _job(units, run)
         if job.expected:
             yield job
-        base = end
+
+
+def _job(units: Sequence[Unit], run: list[tuple[Segment, list[int], int]]) -> Job:
+    """One job for segments of one unit: the last one's tail stays a tail, the members wanted
+    before it (in earlier segments, or buffered) are listed."""
+    explicit: list[int] = []
+    for segment, buffered, tail in run[:-1]:
+        explicit += buffered
+        explicit += range(max(tail, segment.start), segment.stop)
+    last, buffered, tail = run[-1]
+    explicit += buffered
+    first = run[0][0]
+    return Job(units[last.unit], first.start, last.stop, Wanted(frozenset(explicit), tail))
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,14 +9,16 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3exchange_torch.plan import Balance, EpochPlan
+from s3exchange_torch.plan import Balance, EpochPlan, Segment
+from s3exchange_torch.prefetch import plan_jobs
 from s3exchange_torch.resume import Remainder, Run, batches_delivered, worker_rng
-from s3exchange_torch.shuffle import shuffled
+from s3exchange_torch.shuffle import replay, shuffled
 
 SEED, EPOCH = 7, 3
 Topology = tuple[int, int, Balance]
@@ -216,3 +218,43 @@ def test_batches_delivered_matches_a_step_by_step_round_robin() -> None:
             delivered[worker] += 1
             worker = (worker + 1) % len(counts)
         assert batches_delivered(counts, batches) == delivered
+
+
+def test_plan_jobs_reads_a_unit_once_for_its_scattered_buffered_members() -> None:
+    segments = [
+        Segment(0, 3, 4),
+        Segment(0, 7, 8),
+        Segment(0, 9, 12),
+        Segment(1, 0, 2),
+        Segment(0, 0, 1),  # the unit again, behind: a job of its own
+    ]
+    jobs = list(plan_jobs(["a", "b"], segments))  # type: ignore[arg-type]
+    assert [(j.unit, j.start, j.stop, j.expected) for j in jobs] == [
+        ("a", 3, 12, 5),
+        ("b", 0, 2, 2),
+        ("a", 0, 1, 1),
+    ]
+    assert [m for m in range(3, 12) if m in jobs[0].wanted] == [3, 7, 9, 10, 11]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 60), min_size=2, max_size=12, unique=True),
+    buffer=st.integers(0, 9),
+    data=st.data(),
+)
+def test_coalesced_jobs_fetch_exactly_the_needed_members_in_order(
+    cuts: list[int], buffer: int, data: st.DataObject
+) -> None:
+    bounds = sorted(cuts)
+    keep = data.draw(st.lists(st.booleans(), min_size=len(bounds) - 1, max_size=len(bounds) - 1))
+    segments = [Segment(0, a, b) for (a, b), k in zip(pairwise(bounds), keep, strict=True) if k]
+    members = [m for s in segments for m in range(s.start, s.stop)]  # by local position
+    emitted = data.draw(st.integers(0, len(members)))
+    point = replay(len(members), buffer, random.Random(1), emitted)
+    needed = sorted(set(point.pending) | set(range(point.arrived, len(members))))
+    jobs = list(plan_jobs(["unit"], segments, point))  # type: ignore[arg-type]
+    assert len(jobs) <= 1
+    fetched = [m for j in jobs for m in range(j.start, j.stop) if m in j.wanted]
+    assert fetched == [members[p] for p in needed]
+    assert sum(j.expected for j in jobs) == len(needed)

@@ -20,6 +20,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from s3exchange import S3ExchangeStore
 from s3exchange.testing import RunningServer
 from s3exchange_torch import PackedBatch, S3ExchangeIterableDataset, S3ExchangeLoader
+from s3exchange_torch.plan import EpochPlan
+from s3exchange_torch.resume import Remainder, Run
 
 pytestmark = pytest.mark.multiprocess
 
@@ -241,3 +243,42 @@ def test_one_ranks_stateful_dataloader_states_with_its_batch_count(corpus: Corpu
         ds.load_state_dict(merged)
         after += [str(entry["id"]) for _, entry in ds]
     assert Counter(before + after) == Counter(corpus.ids)
+
+
+class CountingStore(S3ExchangeStore):
+    """Counts shard streams opened."""
+
+    streams = 0
+
+    def iter_shard_members(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).streams += 1
+        return super().iter_shard_members(*args, **kwargs)
+
+
+def test_a_resumed_worker_opens_each_shard_once_for_the_buffered_members(corpus: Corpus) -> None:
+    states = []
+    before: list[str] = []
+    for rank in range(2):
+        for worker in range(2):
+            ds = make(corpus, rank, 2, shuffle_buffer=16)
+            samples = ds._iter_worker(worker, 2)
+            before += [str(next(samples)[1]["id"]) for _ in range(10)]
+            states.append(ds.state_dict())
+            samples.close()  # type: ignore[attr-defined]
+    merged = S3ExchangeIterableDataset.merge_states(states)
+    store = CountingStore(corpus.store.s3_client, corpus.store.bucket)
+    resumed = S3ExchangeIterableDataset(
+        store, corpus.manifest, rank=0, world_size=1, seed=4, shuffle_buffer=16, balance=None
+    )
+    resumed.load_state_dict(merged)
+    after = [str(entry["id"]) for _, entry in resumed]
+    assert Counter(before + after) == Counter(corpus.ids)
+    # 4 old workers each left up to 16 buffered members scattered over its shards: read per
+    # shard and old worker (at most 2 x 5 streams here), not once per member segment.
+    units, counts = resumed._resolved()
+    plan = EpochPlan(counts, seed=4, epoch=0, shuffle=True)
+    runs = [Run.from_state(record) for record in merged["runs"]]
+    remainder = Remainder(plan.num_samples, runs, seed=4, epoch=0, buffer=16)
+    segments = plan.segments_at(remainder.worker_ranges(1, 1, None, 0, 0))
+    assert sum(1 for s in segments if "archive_key" in units[s.unit]) > 2 * len(SHARDS)
+    assert CountingStore.streams <= 2 * len(SHARDS)
