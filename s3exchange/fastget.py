@@ -52,7 +52,6 @@ import contextlib
 import io
 import logging
 import os
-import random
 import select
 import socket
 import ssl
@@ -91,7 +90,9 @@ _CHUNK = 1 << 20  # body read size: progress is kept per chunk when a body break
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
 _MAX_ERROR_BODY = 1 << 20
-_MAX_BACKOFF_S = 20.0  # botocore's cap for standard retries
+_RETRY_BACKOFF = RetryPolicy(backoff_s=1.0, max_backoff_s=20.0)
+"""Pauses between the client's retries: botocore's standard mode (full jitter, 1 s doubling,
+at most 20 s), in the one formula the library uses (``RetryPolicy.delay``)."""
 
 # botocore's standard retry mode (botocore/retries/standard.py), throttling and transient
 _RETRY_CODES = frozenset(
@@ -475,7 +476,7 @@ class FastGetter:
                 attempts += 1
                 if attempts >= self.max_attempts or not _retryable(broken.cause):
                     raise self._connection_error(broken) from broken.cause
-                time.sleep(self._backoff(attempts))
+                time.sleep(_RETRY_BACKOFF.delay(attempts))
                 continue
             if response.status >= 300:
                 error = self._error(conn, response, key)
@@ -484,7 +485,7 @@ class FastGetter:
                 attempts += 1
                 if attempts >= self.max_attempts or not _retry_response(response, error):
                     raise error
-                time.sleep(self._backoff(attempts))
+                time.sleep(_RETRY_BACKOFF.delay(attempts))
                 continue
             attempts = 0
             if response.status == 200 and (received or (byte_range is not None and not sliced)):
@@ -588,10 +589,6 @@ class FastGetter:
         if broken.connecting:
             return EndpointConnectionError(endpoint_url=self._endpoint, error=cause)
         return ConnectionClosedError(endpoint_url=self._endpoint)
-
-    def _backoff(self, attempts: int) -> float:
-        """botocore's exponential backoff with full jitter: rand x 2^(n-1) s, at most 20 s."""
-        return min(random.random() * 2.0 ** (attempts - 1), _MAX_BACKOFF_S)
 
     def _checksum_header(self, response: _Response) -> tuple[str, str] | None:
         """The first full-object checksum botocore would check, in its order of preference."""
