@@ -51,6 +51,7 @@ from .errors import (
 from .keys import LiteralKey
 from .samples import entry_id, sample_key, split_items
 from .shard_format import CHECKSUM_FIELDS, hexdigest, new_digest
+from .shard_writer import shard_compression
 from .store import STALE_UPLOAD_SECONDS
 from .types import Compression, FileEntry, ShardEntry, ShardItem
 
@@ -819,9 +820,10 @@ def pack_files(
     plan's order unless ``shuffle``); ``skipped`` is what finding them left out, for the report.
     """
     started = time.monotonic()
-    codec: Compression = None if compression in (None, "none") else "gzip"
-    if compression not in (None, "none", "gzip"):
-        raise PackError(f"compression must be 'none' or 'gzip', not {compression!r}")
+    try:
+        codec = shard_compression(compression)
+    except ValueError as exc:
+        raise PackError(str(exc)) from None
     if builder.jobs < 1 or checkpoint_every < 1:
         raise PackError("jobs and checkpoint_every must be at least 1")
     # resolved once; from here on every key is literal (a brace in it is a brace)
