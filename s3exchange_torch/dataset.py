@@ -665,10 +665,12 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
 
         ``states`` are the dataset states of every worker of every rank of the saved job
         (each DataLoader worker's :meth:`state_dict`, or :class:`~.loader.S3ExchangeLoader`
-        states, which hold their workers'), for progress that differed between ranks. In the
-        common synchronous case, where every rank consumed the same number of batches, one
-        rank's states suffice: an ``S3ExchangeLoader`` state says how many batches (else pass
-        ``batches``, ``batch_size`` and ``drop_last``) and the other ranks' positions follow.
+        or ``StatefulDataLoader`` states, which hold their workers'), for progress that
+        differed between ranks. In the common synchronous case, where every rank consumed the
+        same number of batches, one rank's states suffice: its loader state says how many
+        batches (else pass ``batches``), an ``S3ExchangeLoader`` state also the batch size and
+        ``drop_last`` (else pass ``batch_size``, ``drop_last``), and the other ranks' positions
+        follow.
         The result is small (one count per worker per resume, see :mod:`.resume`); load it with
         :meth:`load_state_dict` on each rank of the new job before iterating.
         """

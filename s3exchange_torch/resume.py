@@ -275,7 +275,16 @@ def merge_states(
     placeholders: list[tuple[int, int, int, int]] = []  # (rank, world, workers, worker_id)
     bases: list[Mapping[str, Any]] = []
     for state in states:
-        if "workers" in state:  # an S3ExchangeLoader state
+        stateful = _stateful_loader(state)
+        if stateful is not None:  # a torchdata StatefulDataLoader state
+            inner, yielded = stateful
+            batches = yielded if batches is None else batches
+            for saved in inner:
+                if saved.get("kind") == "elastic":
+                    bases.append(saved)
+                else:
+                    _add(workers, saved)
+        elif "workers" in state:  # an S3ExchangeLoader state
             if batches is None:
                 batches, batch_size = int(state["batches"]), int(state["batch_size"])
                 drop_last = bool(state["drop_last"])
@@ -359,6 +368,19 @@ def merge_states(
     }
 
 
+def _stateful_loader(state: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], int] | None:
+    """A ``StatefulDataLoader`` state's dataset states and batches yielded (None if not one)."""
+    snapshot = state.get("_snapshot")
+    if isinstance(snapshot, Mapping):
+        snapshots = snapshot.get("_worker_snapshots", {}).values()
+        inner = [w["dataset_state"] for w in snapshots if w.get("dataset_state")]
+        return inner, int(snapshot["_snapshot_step"])
+    if "dataset_state" in state and "_num_yielded" in state:  # num_workers=0
+        inner = [state["dataset_state"]] if state["dataset_state"] else []
+        return inner, int(state["_num_yielded"])
+    return None
+
+
 def _add(workers: dict[tuple[int, int], Mapping[str, Any]], state: Mapping[str, Any]) -> None:
     key = (int(state["rank"]), int(state["worker_id"]))
     previous = workers.get(key)
@@ -392,7 +414,7 @@ def _emitted(
         raise ValueError(
             f"cannot merge: no state for {len(missing)} of {len(everyone)} workers ({shown}"
             f"{', ...' if len(missing) > 4 else ''}); pass every rank's states, or one rank's "
-            "with the batches it consumed (every rank consumed as many)"
+            "with the batches it consumed and batch_size (every rank consumed as many)"
         )
     (own,) = ranks
     if any((own, w) not in workers for w in range(num_workers)):
