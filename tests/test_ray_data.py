@@ -100,6 +100,16 @@ def test_a_pattern_without_task_and_index_is_refused(pattern: str, problem: str)
         S3ExchangeDatasink(settings, pattern, MANIFEST)
 
 
+def test_bad_options_are_refused_before_any_task() -> None:
+    settings = S3Settings(endpoint_url="http://127.0.0.1:9", bucket="b", region="us-east-1")
+    with pytest.raises(ValueError, match="update_mode must be"):
+        S3ExchangeDatasink(settings, PATTERN, MANIFEST, update_mode="append")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_entries must be positive"):
+        S3ExchangeDatasink(settings, PATTERN, MANIFEST, max_entries=0)
+    with pytest.raises(ValueError, match="rows_per_task must be positive"):
+        S3ExchangeDatasink(settings, PATTERN, MANIFEST, rows_per_task=0)
+
+
 def test_a_shard_name_disagreeing_with_the_compression_is_refused() -> None:
     settings = S3Settings(endpoint_url="http://127.0.0.1:9", bucket="b", region="us-east-1")
     with pytest.raises(ValueError, match=r"named for compression None but compression is 'gzip'"):

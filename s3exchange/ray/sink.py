@@ -97,9 +97,10 @@ class S3ExchangeDatasink(Datasink[TaskShards]):
     ``"train/shards/shard-{task:05d}-{index:04d}.tar"``. ``manifest`` (None: none) is written
     by the driver after every task has finished, with ``update_mode``.
 
-    ``settings`` travel to every task, which builds its own client from them; the secrets stay
-    :class:`~pydantic.SecretStr` (masked in every repr, and this sink's repr names no setting
-    but the bucket). ``rows_per_task`` asks Ray to hand each write task at least that many rows
+    ``settings`` travel to every task; each worker process builds one client from them and
+    keeps it for the tasks it runs (:mod:`.clients`). The secrets stay
+    :class:`~pydantic.SecretStr` (masked in every repr; this sink's repr names no setting but
+    the bucket). ``rows_per_task`` asks Ray to hand each write task at least that many rows
     (bigger, fewer shards per task); by default Ray bundles blocks as it likes.
     """
 
@@ -117,6 +118,10 @@ class S3ExchangeDatasink(Datasink[TaskShards]):
         rows_per_task: int | None = None,
     ) -> None:
         self._keys, self._static_prefix = _check_pattern(pattern)
+        if update_mode not in ("overwrite", "append_parts"):
+            raise ValueError(
+                f"update_mode must be 'overwrite' or 'append_parts', not {update_mode!r}"
+            )
         if rows_per_task is not None and rows_per_task < 1:
             raise ValueError(f"rows_per_task must be positive, got {rows_per_task}")
         self._settings = settings

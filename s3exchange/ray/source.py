@@ -243,13 +243,15 @@ class S3ExchangeDatasource(Datasource):
                 for unit in group
                 for e in unit.entries
             )
-            files = sum(
-                e.get("count", 0) if e["kind"] == "shard" else 1
+            # rows are known beforehand only one per file, and only when every shard has a count
+            counts = [
+                e.get("count") if e["kind"] == "shard" else 1
                 for unit in group
                 for e in unit.entries
-            )
+            ]
+            known = self._group_by is None and None not in counts
             metadata = BlockMetadata(
-                num_rows=files if self._group_by is None else None,
+                num_rows=sum(c or 0 for c in counts) if known else None,
                 size_bytes=sum(unit.size for unit in group),
                 input_files=keys,
                 exec_stats=None,
