@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--row-bytes", type=int, default=100 << 10)
     parser.add_argument("--tasks", type=int, default=4, help="blocks = write and read tasks")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cpus", default="1,2", help="Ray CPUs, one configuration each")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ray_data.json")
     parser.add_argument("--child-cpus", type=int, help=argparse.SUPPRESS)
