@@ -62,7 +62,15 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shuffle buffer", ("s3exchange_torch/shuffle.py",)),
     ("prefetch: thread hand-offs (queues, futures)", ("s3exchange_torch/prefetch.py",)),
     ("thread sync (locks, conditions, queues)", ("threading.py", "queue.py", "concurrent/")),
-    ("loader: collate into shared memory, rings", ("s3exchange_torch/loader.py", "collate.py")),
+    (
+        "loader: collate into shared memory, rings",
+        (
+            "s3exchange_torch/loader",
+            "s3exchange_torch/ring.py",
+            "collate.py",
+            "shm.py",
+        ),
+    ),
     ("DataLoader / dataset glue", ("s3exchange_torch/dataset.py", "torch/utils/data")),
     ("benchmark loop", ("benchmarks/readers.py",)),
 )

@@ -7,9 +7,9 @@ mid-epoch with ``torchdata``'s ``StatefulDataLoader``. See :mod:`s3exchange_torc
 
 from s3exchange.samples import key_and_field
 
-from .collate import PackedBatch, Sample, pack_bytes
+from .collate import PackedBatch, Sample, collate_into, pack_bytes
 from .dataset import S3ExchangeIterableDataset, SampleTooLargeError
-from .loader import LoaderWorkerError, S3ExchangeLoader, collate_into
+from .loader import LoaderWorkerError, S3ExchangeLoader
 from .mapdataset import S3ExchangeMapDataset
 from .mixing import Source
 from .plan import Balance, EpochPlan, Segment

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ctypes
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -41,7 +41,7 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 
 from .shm import SharedBytes
 
-__all__ = ["MAX_SLABS", "PackedBatch", "Sample", "pack_bytes"]
+__all__ = ["MAX_SLABS", "Alloc", "PackedBatch", "Sample", "collate_into", "pack_bytes"]
 
 MAX_SLABS = 8
 """Slabs a process keeps for packing. A DataLoader worker has ``prefetch_factor`` (2) batches
@@ -303,3 +303,61 @@ def _collate_samples(batch: Sequence[Sample], *, collate_fn_map: Any = None) -> 
 
 
 default_collate_fn_map[Sample] = _collate_samples
+
+
+# --------------------------------------------------------------------------------------------
+# Collation through an allocator (the loader's rings)
+# --------------------------------------------------------------------------------------------
+
+Alloc = Callable[[int], torch.Tensor]
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def _plain_alloc(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8)
+
+
+def _pack(datas: Sequence[Any], extras: list[Any], alloc: Alloc) -> PackedBatch:
+    offsets = byte_offsets(datas)
+    packed = alloc(offsets[-1])
+    copy_packed(datas, packed, offsets)
+    return PackedBatch(packed, offsets, extras)
+
+
+def _stack(tensors: Sequence[torch.Tensor], alloc: Alloc) -> torch.Tensor:
+    first = tensors[0]
+    if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
+        return list(tensors)  # type: ignore[return-value]  # ragged: kept as a list
+    shape = (len(tensors), *first.shape)
+    nbytes = first.element_size() * first.numel() * len(tensors)
+    out = alloc(nbytes)[:nbytes].view(first.dtype).view(shape)
+    torch.stack(list(tensors), out=out)
+    return out
+
+
+def collate_into(samples: Sequence[Any], alloc: Alloc = _plain_alloc) -> Any:
+    """The loader's default collate, writing tensor data through ``alloc``.
+
+    ``(bytes, entry)`` samples (the dataset without a transform) give a :class:`PackedBatch`
+    whose extras are the entries; ``bytes`` fields a ``PackedBatch`` with ``None`` extras;
+    equal-shape tensors (and numpy arrays) one stacked tensor; numbers a tensor; tuples,
+    lists and dicts (webdataset samples) are collated per position / key; anything else
+    (``str`` keys, ragged tensors) stays a list.
+    """
+    first = samples[0]
+    if isinstance(first, tuple) and len(first) == 2 and isinstance(first[0], _BYTES):
+        return _pack([s[0] for s in samples], [s[1] for s in samples], alloc)
+    if isinstance(first, _BYTES):
+        return _pack(samples, [None] * len(samples), alloc)
+    if isinstance(first, torch.Tensor):
+        return _stack(samples, alloc)
+    if isinstance(first, np.ndarray) and first.dtype != np.object_:
+        return _stack([torch.from_numpy(np.ascontiguousarray(s)) for s in samples], alloc)
+    if isinstance(first, bool | int | float) and not isinstance(first, np.generic):
+        return torch.tensor(samples)
+    if isinstance(first, Mapping):
+        return {key: collate_into([s[key] for s in samples], alloc) for key in first}
+    if isinstance(first, tuple | list) and not isinstance(first, str):
+        columns = [collate_into(list(column), alloc) for column in zip(*samples, strict=True)]
+        return columns if isinstance(first, list) else tuple(columns)
+    return list(samples)

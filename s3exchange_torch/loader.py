@@ -34,422 +34,45 @@ mid-epoch, an error or ``Ctrl-C`` stops them, and the next ``iter()`` starts new
 that dies (``SIGKILL``, out of memory) ends the epoch with :class:`LoaderWorkerError` within
 ``poll`` seconds. Rings are nameless shared memory (``memfd_create``), so nothing is left in
 ``/dev/shm`` whatever happens to the processes.
+
+This module is the main process (start, iterate, copy to the device, state: ~550 lines that
+share one iteration's bookkeeping); the ring's bookkeeping is :mod:`.ring`, the worker process
+:mod:`.loader_worker`, the collation into a ring :func:`.collate.collate_into`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import logging
 import multiprocessing.connection as mpc
 import os
-import pickle
-import random
-import signal
-import sys
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
-from .collate import PackedBatch, byte_offsets, copy_packed
+from .collate import PackedBatch, collate_into
 from .dataset import S3ExchangeIterableDataset
-from .shm import SharedBytes
+from .loader_worker import WorkerArgs, worker_loop
+from .ring import ALIGN, RECEIVED, Ring, RingUnpickler
 
 __all__ = ["LOADER_STATE_VERSION", "LoaderWorkerError", "S3ExchangeLoader"]
 
 log = logging.getLogger(__name__)
 
 LOADER_STATE_VERSION = 1
-ALIGN = 64
-"""Byte alignment of every tensor in a ring (any dtype can view it; cache-line aligned)."""
 MIN_RING_BYTES = 16 << 20
 """Smallest ring: a few 100 KiB-sample batches of 64."""
-_HOLD_WAIT_S = 0.05
-"""How long a worker waits for room while the main process holds all its batches."""
-
-_RELEASED = 0
-"""Header slot: ring position up to which the main process has released regions."""
-_RECEIVED = 1
-"""Header slot: batches of this worker the main process has received."""
 
 
 class LoaderWorkerError(RuntimeError):
     """A loader worker process died or could not report its error."""
-
-
-# --------------------------------------------------------------------------------------------
-# The ring, worker side
-# --------------------------------------------------------------------------------------------
-
-
-_HEAD = 4096
-"""Bytes before a ring's data: its two counters, then padding so the data is page-aligned
-(``cudaHostRegister`` wants whole pages)."""
-
-
-def _new_ring(capacity: int) -> SharedBytes:
-    """A ring of at least ``capacity`` bytes (whole pages) after its counter page, counters at
-    zero. Nameless shared memory (:mod:`s3exchange_torch.shm`): a worker killed while making
-    one leaves nothing in ``/dev/shm``."""
-    return SharedBytes(_HEAD + -(-capacity // 4096) * 4096)
-
-
-def _ring_views(ring: SharedBytes) -> tuple[torch.Tensor, np.ndarray[Any, Any]]:
-    """The ring's data (page-aligned) and its two counters."""
-    return ring.data[_HEAD:], ring.data[:16].numpy().view(np.int64)
-
-
-class _Restart(Exception):
-    """The batch would straddle the ring's end: write it again from the ring's start."""
-
-
-class _Full(Exception):
-    """The batch does not fit this ring (``need`` bytes), or the caller holds the ring."""
-
-    def __init__(self, need: int, held: bool) -> None:
-        super().__init__(need)
-        self.need = need
-        self.held = held
-
-
-class _Writer:
-    """Allocates batch regions in a worker's ring, waiting for the main process to free room."""
-
-    def __init__(self, ring: SharedBytes | None, parent: int) -> None:
-        self.ring = ring  # None until the first batch sizes one
-        if ring is None:
-            self.data, self.header = torch.empty(0, dtype=torch.uint8), np.zeros(2, np.int64)
-        else:
-            self.data, self.header = _ring_views(ring)
-        self.capacity = self.data.numel()
-        self.base = self.data.data_ptr()
-        self.head = 0  # end of the last region written (absolute position)
-        self.start = 0  # start of the region of the batch being written
-        self.written = 0  # end of the regions of the batches already sent
-        self.sent = 0
-        self._parent = parent
-
-    def begin(self) -> None:
-        """Start a batch at the write position (abandoning any partly written one)."""
-        self.head = self.start = self.written
-
-    def restart(self) -> None:
-        """Start the batch again at the ring's start, skipping the tail."""
-        capacity = self.capacity
-        self.head = self.start = self.start + (capacity - self.start % capacity)
-
-    def commit(self) -> None:
-        self.written = self.head
-        self.sent += 1
-
-    def alloc(self, nbytes: int) -> torch.Tensor:
-        """``nbytes`` of the ring as a uint8 tensor, contiguous, aligned; one region a batch."""
-        padded = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
-        pos = self.head
-        if pos + padded - self.start > self.capacity:
-            raise _Full(pos + padded - self.start, held=False)
-        if pos % self.capacity + padded > self.capacity:
-            if pos != self.start:
-                raise _Restart
-            pos += self.capacity - pos % self.capacity
-            self.start = pos
-        self._wait_room(pos + padded)
-        self.head = pos + padded
-        offset = pos % self.capacity
-        return self.data[offset : offset + nbytes]
-
-    def _wait_room(self, end: int) -> None:
-        """Until the previous lap's bytes under ``[.., end)`` are released by the main process."""
-        need = min(self.written, end - self.capacity)
-        header = self.header
-        delay = 0.0002
-        held_since: float | None = None
-        while header[_RELEASED] < need:
-            if header[_RECEIVED] >= self.sent:  # the main process has every batch: user holds
-                now = time.monotonic()
-                held_since = held_since or now
-                if now - held_since > _HOLD_WAIT_S:
-                    raise _Full(0, held=True)
-            else:
-                held_since = None
-            if os.getppid() != self._parent:
-                os._exit(1)  # orphaned: the main process is gone
-            time.sleep(delay)
-            delay = min(delay * 2, 0.005)
-
-    def offset_of(self, tensor: torch.Tensor) -> int | None:
-        """The ring offset of ``tensor``'s data when it lies in this ring."""
-        pointer = tensor.data_ptr()
-        if self.base <= pointer < self.base + self.capacity:
-            return pointer - self.base
-        return None
-
-
-# --------------------------------------------------------------------------------------------
-# Collation into an allocator
-# --------------------------------------------------------------------------------------------
-
-Alloc = Callable[[int], torch.Tensor]
-_BYTES = (bytes, bytearray, memoryview)
-
-
-def _plain_alloc(nbytes: int) -> torch.Tensor:
-    return torch.empty(nbytes, dtype=torch.uint8)
-
-
-def _pack(datas: Sequence[Any], extras: list[Any], alloc: Alloc) -> PackedBatch:
-    offsets = byte_offsets(datas)
-    packed = alloc(offsets[-1])
-    copy_packed(datas, packed, offsets)
-    return PackedBatch(packed, offsets, extras)
-
-
-def _stack(tensors: Sequence[torch.Tensor], alloc: Alloc) -> torch.Tensor:
-    first = tensors[0]
-    if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
-        return list(tensors)  # type: ignore[return-value]  # ragged: kept as a list
-    shape = (len(tensors), *first.shape)
-    nbytes = first.element_size() * first.numel() * len(tensors)
-    out = alloc(nbytes)[:nbytes].view(first.dtype).view(shape)
-    torch.stack(list(tensors), out=out)
-    return out
-
-
-def collate_into(samples: Sequence[Any], alloc: Alloc = _plain_alloc) -> Any:
-    """The loader's default collate, writing tensor data through ``alloc``.
-
-    ``(bytes, entry)`` samples (the dataset without a transform) give a :class:`PackedBatch`
-    whose extras are the entries; ``bytes`` fields a ``PackedBatch`` with ``None`` extras;
-    equal-shape tensors (and numpy arrays) one stacked tensor; numbers a tensor; tuples,
-    lists and dicts (webdataset samples) are collated per position / key; anything else
-    (``str`` keys, ragged tensors) stays a list.
-    """
-    first = samples[0]
-    if isinstance(first, tuple) and len(first) == 2 and isinstance(first[0], _BYTES):
-        return _pack([s[0] for s in samples], [s[1] for s in samples], alloc)
-    if isinstance(first, _BYTES):
-        return _pack(samples, [None] * len(samples), alloc)
-    if isinstance(first, torch.Tensor):
-        return _stack(samples, alloc)
-    if isinstance(first, np.ndarray) and first.dtype != np.object_:
-        return _stack([torch.from_numpy(np.ascontiguousarray(s)) for s in samples], alloc)
-    if isinstance(first, bool | int | float) and not isinstance(first, np.generic):
-        return torch.tensor(samples)
-    if isinstance(first, Mapping):
-        return {key: collate_into([s[key] for s in samples], alloc) for key in first}
-    if isinstance(first, tuple | list) and not isinstance(first, str):
-        columns = [collate_into(list(column), alloc) for column in zip(*samples, strict=True)]
-        return columns if isinstance(first, list) else tuple(columns)
-    return list(samples)
-
-
-# --------------------------------------------------------------------------------------------
-# Pickling tensors as ring references
-# --------------------------------------------------------------------------------------------
-
-
-class _RingPickler(pickle.Pickler):
-    """Pickles tensors as ``(offset, nbytes, dtype, shape)`` in the ring, copying them in once."""
-
-    def __init__(self, file: io.BytesIO, writer: _Writer) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self._writer = writer
-
-    def persistent_id(self, obj: Any) -> Any:
-        if type(obj) is not torch.Tensor:
-            return None
-        tensor = obj
-        if tensor.device.type != "cpu":
-            tensor = tensor.cpu()
-        offset = self._writer.offset_of(tensor) if tensor.is_contiguous() else None
-        nbytes = tensor.element_size() * tensor.numel()
-        if offset is None:
-            target = self._writer.alloc(nbytes)
-            target[:nbytes].view(tensor.dtype).view(tensor.shape).copy_(tensor)
-            offset = self._writer.offset_of(target)
-        return (offset, nbytes, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape))
-
-
-class _RingUnpickler(pickle.Unpickler):
-    """Turns ring references back into tensors over ``base`` (the batch's region)."""
-
-    def __init__(self, file: io.BytesIO, make: Callable[[int, int, str, tuple[int, ...]], Any]):
-        super().__init__(file)
-        self._make = make
-
-    def persistent_load(self, pid: Any) -> Any:
-        offset, nbytes, dtype, shape = pid
-        return self._make(offset, nbytes, dtype, shape)
-
-
-# --------------------------------------------------------------------------------------------
-# Worker process
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _WorkerArgs:
-    dataset: S3ExchangeIterableDataset
-    worker_id: int
-    num_workers: int
-    batch_size: int
-    drop_last: bool
-    collate: Callable[[list[Any]], Any] | None
-    seed: int
-    ring_bytes: int
-    commands: mpc.Connection
-    results: mpc.Connection
-    parent: int
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the main process dies (PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-
-
-def _worker_loop(args: _WorkerArgs) -> None:
-    """Run epochs on command; each batch goes into the ring, its structure into the pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    _die_with_parent()
-    torch.set_num_threads(1)
-    random.seed(args.seed + args.worker_id)
-    torch.manual_seed(args.seed + args.worker_id)
-    with contextlib.suppress(Exception):  # user transforms may ask where they run
-        from torch.utils.data._utils import worker as torch_worker
-
-        torch_worker._worker_info = torch_worker.WorkerInfo(
-            id=args.worker_id,
-            num_workers=args.num_workers,
-            seed=args.seed + args.worker_id,
-            dataset=args.dataset,
-        )
-    # No ring yet: the first batch sizes one and sends it with itself.
-    writer = _Writer(None, args.parent)
-    results = args.results
-    try:
-        while True:
-            command = args.commands.recv()
-            if command[0] == "stop":
-                return
-            _, state = command
-            if state is not None:
-                args.dataset.load_state_dict(state)
-            writer = _run_epoch(args, writer)
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        return
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            results.send(("error", _portable(exc), traceback.format_exc()))
-            # Stay until told to stop: a ring sent earlier reaches the main process through
-            # this process's resource sharer, which must still be there when it is unpickled.
-            while args.commands.recv()[0] != "stop":
-                pass
-
-
-def _portable(exc: BaseException) -> BaseException | None:
-    """``exc`` if it survives pickling, else None (the main process then reports the text)."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return None
-    return exc
-
-
-def _run_epoch(args: _WorkerArgs, writer: _Writer) -> _Writer:
-    """One epoch's batches; returns the ring writer in use at its end (rings only grow)."""
-    dataset, results = args.dataset, args.results
-    batch: list[Any] = []
-    for sample in dataset._iter_worker(args.worker_id, args.num_workers):
-        batch.append(sample)
-        if len(batch) == args.batch_size:
-            writer = _send_batch(args, writer, batch, dataset.state_dict())
-            batch = []
-    if batch and not args.drop_last:
-        writer = _send_batch(args, writer, batch, dataset.state_dict())
-    results.send(("end", dataset.state_dict()))
-    return writer
-
-
-def _send_batch(
-    args: _WorkerArgs, writer: _Writer, batch: list[Any], state: dict[str, Any]
-) -> _Writer:
-    """Collate ``batch`` into the ring and send its structure; returns the ring now in use."""
-    collate = args.collate
-    writer.begin()
-    while True:
-        buffer = io.BytesIO()
-        try:
-            result = collate(batch) if collate is not None else collate_into(batch, writer.alloc)
-            _RingPickler(buffer, writer).dump(result)
-        except _Restart:
-            writer.restart()
-            continue
-        except _Full as full:
-            writer.begin()  # nothing of this batch was sent: its room is free again
-            if full.held:  # the caller keeps every batch alive: this one goes by itself
-                result = collate(batch) if collate is not None else collate_into(batch)
-                writer.sent += 1
-                args.results.send(("whole", result, state))
-                return writer
-            log.info(
-                "batch of %d bytes: loader worker %d grows its ring", full.need, args.worker_id
-            )
-            ring = _new_ring(max(2 * writer.capacity, 2 * full.need, args.ring_bytes))
-            args.results.send(("ring", ring))
-            writer = _Writer(ring, args.parent)
-            writer.begin()
-            continue
-        writer.commit()
-        args.results.send(("batch", writer.start, writer.head, buffer.getvalue(), state))
-        return writer
-
-
-# --------------------------------------------------------------------------------------------
-# Main process
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Ring:
-    """The main process's view of one worker's ring, and the regions it has handed out."""
-
-    shared: SharedBytes
-    pending: deque[list[Any]] = field(default_factory=deque)
-    pinned: bool = False
-
-    def __post_init__(self) -> None:
-        self.data, self.header = _ring_views(self.shared)
-        self.array: np.ndarray[Any, Any] = self.data.numpy()
-        self.capacity = self.data.numel()
-
-    def region(self, start: int, end: int) -> tuple[np.ndarray[Any, Any], list[Any]]:
-        """The ring bytes of ``[start, end)`` as a numpy view, and its release record."""
-        first = start % self.capacity
-        record = [end, False]
-        self.pending.append(record)
-        return self.array[first : first + (end - start)], record
-
-    def release(self, record: list[Any]) -> None:
-        """Mark a region free; advance the shared counter over every leading free region."""
-        record[1] = True
-        pending = self.pending
-        end = None
-        while pending and pending[0][1]:
-            end = pending.popleft()[0]
-        if end is not None:
-            self.header[_RELEASED] = end
 
 
 class _Worker:
@@ -459,11 +82,11 @@ class _Worker:
         self.process = process
         self.commands = commands
         self.results = results
-        self.ring: _Ring | None = None  # the worker sends its ring with its first batch
+        self.ring: Ring | None = None  # the worker sends its ring with its first batch
         self.received = 0
 
 
-def _release(ring: _Ring, record: list[Any], lock: threading.Lock) -> None:
+def _release(ring: Ring, record: list[Any], lock: threading.Lock) -> None:
     with lock:
         ring.release(record)
 
@@ -568,7 +191,7 @@ class S3ExchangeLoader:
         for worker_id in range(self.num_workers):
             commands_out, commands_in = self._context.Pipe(duplex=False)
             results_out, results_in = self._context.Pipe(duplex=False)
-            args = _WorkerArgs(
+            args = WorkerArgs(
                 dataset=self.dataset,
                 worker_id=worker_id,
                 num_workers=self.num_workers,
@@ -582,7 +205,7 @@ class S3ExchangeLoader:
                 parent=parent,
             )
             process = self._context.Process(  # type: ignore[attr-defined]
-                target=_worker_loop,
+                target=worker_loop,
                 args=(args,),
                 name=f"s3exchange-loader-{worker_id}",
                 daemon=True,
@@ -592,7 +215,7 @@ class S3ExchangeLoader:
             results_in.close()
             self._workers.append(_Worker(process, commands_in, results_out))
 
-    def _pin(self, ring: _Ring) -> None:
+    def _pin(self, ring: Ring) -> None:
         """Page-lock a ring for asynchronous copies to CUDA (best effort)."""
         if self.device is None or self.device.type != "cuda" or not torch.cuda.is_available():
             return
@@ -613,7 +236,7 @@ class S3ExchangeLoader:
                 self._unpin(worker.ring)
         self._workers.clear()
 
-    def _unpin(self, ring: _Ring) -> None:
+    def _unpin(self, ring: Ring) -> None:
         if ring.pinned:
             torch.cuda.synchronize()
             cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
@@ -802,7 +425,7 @@ class _Iteration:
         self._state = state
         self._finished = False
         self._copies: deque[tuple[Any, Any]] = deque()
-        self._retired: list[_Ring] = []  # outgrown rings, unpinned when the epoch ends
+        self._retired: list[Ring] = []  # outgrown rings, unpinned when the epoch ends
         for index, worker in enumerate(workers):
             if not state["exhausted"][index]:
                 worker.commands.send(("epoch", state["workers"][index]))
@@ -853,7 +476,7 @@ class _Iteration:
                 if not message:
                     raise self._died(index)
                 if message[0] == "ring":
-                    ring = _Ring(message[1])
+                    ring = Ring(message[1])
                     loader._pin(ring)
                     if worker.ring is not None:
                         self._retired.append(worker.ring)
@@ -883,12 +506,12 @@ class _Iteration:
         ring = worker.ring
         if message[0] == "whole":
             if ring is not None:
-                ring.header[_RECEIVED] = worker.received
+                ring.header[RECEIVED] = worker.received
             return loader._to_device(message[1])
         _, start, end, payload, _ = message
         assert ring is not None, "a ring batch before the ring"
         array, record = ring.region(start, end)
-        ring.header[_RECEIVED] = worker.received
+        ring.header[RECEIVED] = worker.received
         base = torch.from_numpy(array)
         lock = loader._lock
         weakref.finalize(array, _release, ring, record, lock)
@@ -900,7 +523,7 @@ class _Iteration:
             view = base[offset - first : offset - first + nbytes]
             return view.view(getattr(torch, dtype)).view(shape)
 
-        batch = _RingUnpickler(io.BytesIO(payload), make).load()
+        batch = RingUnpickler(io.BytesIO(payload), make).load()
         if device is None:
             return batch
         return self._copy(batch, device)
