@@ -88,6 +88,15 @@ def test_a_ray_pack_equals_the_local_pack_of_the_same_files(
     by_path = {e["member_path"]: s.read() for s, e in store.iter_objects("dist/manifest.jsonl")}
     assert by_path == {k: v for k, v in files.items() if not k.startswith(".")}
 
+    # the same plan: a Ray run finds the local run's shards done, and the other way round
+    again = pack_objects(store, "raw/", "local/manifest.jsonl", **options)
+    assert again["skipped"] == again["shards"]
+    assert pack(store, tmp_path, "dist/manifest.jsonl", **options)["uploaded"] == 0
+    # stored but unlisted: replaced only once every member's crc32c matches its object's bytes
+    store.delete_key("local/manifest.jsonl")
+    replaced = pack_objects(store, "raw/", "local/manifest.jsonl", **options)
+    assert replaced["replaced"] == replaced["shards"]
+
 
 def test_a_failed_ray_pack_keeps_its_shards_and_a_rerun_finishes_it(
     ray_local: None, store: S3ExchangeStore, tmp_path: Path
