@@ -365,7 +365,7 @@ def test_pack_skips_hidden_files_and_symlinks_and_never_leaves_the_source(
 def test_pack_help_shows_the_defaults(cli: Cli) -> None:
     text = " ".join(cli.ok("pack", "--help").decode().split())
     for default in (
-        "shards in parallel (default: 1)",
+        "shards in parallel (default: 1; with --engine ray, the cluster's CPUs)",
         "shard compression (default: none)",
         "(default: 256MiB)",
         "(default: no limit)",
