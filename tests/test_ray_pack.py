@@ -184,3 +184,26 @@ def test_the_cli_packs_a_bucket_prefix_on_a_ray_cluster(
     usage = cli("--follow-symlinks", "--ray-address", address)
     assert usage.returncode == EXIT_USAGE
     assert "applies to a directory" in usage.stderr
+
+
+def test_without_ray_the_core_imports_and_the_ray_engine_is_a_usage_error(
+    moto_server: RunningServer, tmp_path: Path
+) -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if the extra were not installed
+        "import s3exchange, s3exchange.cli\n"
+        "sys.exit(s3exchange.cli.main(sys.argv[1:]))"
+    )
+    args = ["pack", "s3://b/raw/", "s3://b/train/m.jsonl", "--engine", "ray"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, **moto_server.s3.env()},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "--engine ray needs Ray: pip install 's3exchange[ray]'" in result.stderr
+    assert "Traceback" not in result.stderr
