@@ -70,7 +70,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import chain
 from typing import Any
 
 import torch
@@ -80,11 +80,21 @@ from s3exchange import S3ExchangeStore
 from s3exchange.packing import manifest_to_read
 from s3exchange.types import ManifestEntry
 
-from .mixing import MixPlan, Source, Stop, check_stop, quotas, source_segments
+from .io_threads import io_threads_for
+from .mixing import (
+    MixPlan,
+    Source,
+    Stop,
+    check_stop,
+    interleave,
+    quotas,
+    source_points,
+    source_segments,
+)
 from .plan import Balance, EpochPlan, Segment, check_balance, rank_size
 from .prefetch import Item, Prefetcher, SampleTooLargeError, plan_jobs
-from .resume import STATE_VERSION, Remainder, Run, merge_states, worker_rng
-from .shuffle import ResumePoint, replay, shuffled
+from .resume import STATE_VERSION, Remainder, Run, merge_states, runs_of, worker_rng
+from .shuffle import ResumePoint, replay, restore_buffer, shuffled
 from .units import GroupBy, Unit, resolve_units
 
 __all__ = ["STATE_VERSION", "S3ExchangeIterableDataset", "SampleTooLargeError"]
@@ -104,12 +114,6 @@ _STATE_KEYS = (
     "emitted",
 )
 _ELASTIC_KEYS = ("version", "kind", *_DATA_KEYS, "epoch", "num_samples", "runs")
-AUTO_IO_THREADS_MAX = 32
-"""Ceiling of the automatic ``io_threads``: past it more threads only contend for the GIL."""
-DEFAULT_POOL_CONNECTIONS = 10
-"""botocore's ``max_pool_connections`` when the client does not say."""
-_POOL_WARNED: set[int] = set()
-"""Processes that already logged the small connection pool warning."""
 
 
 def _default_rank_world() -> tuple[int, int]:
@@ -123,50 +127,6 @@ def _worker() -> tuple[int, int]:
     """``(worker_id, num_workers)`` of this DataLoader worker, ``(0, 1)`` outside one."""
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-def loose_requests_per_worker(
-    num_workers: int, pool: int, shard_streams: int, cpu_count: int | None = None
-) -> int:
-    """Loose GETs one worker keeps in flight when the user did not choose.
-
-    Requests in flight hide latency: at 30 ms TTFB a worker spending ~250 us of CPU per
-    sample needs ~120 in flight to stay busy, so the connection pool (less the shard streams)
-    and 32 bound it, as before. Threads do not thrash: a worker's CPU per sample measured
-    flat from 2 to 29 io_threads (250-320 us at 2 workers, 400-450 us at 6 workers on 2
-    cores); what cost CPU at 12 workers was botocore's ~1.5 ms per GET, now ~130 us (the
-    store's fast GET). Only when workers outnumber cores is the total held to 32 per core (at
-    least 8 per worker), bounding threads and sockets: 12 workers on 16 cores keep 29 each.
-    """
-    cores = cpu_count or os.cpu_count() or 1
-    share = max(8, 32 * cores // max(1, num_workers))
-    return max(1, min(pool - shard_streams, AUTO_IO_THREADS_MAX, share))
-
-
-def _io_threads(
-    store: S3ExchangeStore, requested: int | None, shard_streams: int, num_workers: int
-) -> int:
-    """Loose requests in flight per worker: ``requested``, or what the connection pool allows.
-
-    Automatic sizing keeps every request on a pooled connection (urllib3 otherwise opens and
-    drops an extra connection per request, and logs each); an explicit number above the pool
-    is honoured with one warning per process.
-    """
-    pool = getattr(store.s3_client.meta.config, "max_pool_connections", None)
-    pool = pool if isinstance(pool, int) and pool > 0 else DEFAULT_POOL_CONNECTIONS
-    if requested is None:
-        return loose_requests_per_worker(num_workers, pool, shard_streams)
-    needed = requested + shard_streams
-    if needed > pool and os.getpid() not in _POOL_WARNED:
-        _POOL_WARNED.add(os.getpid())
-        log.warning(
-            "the S3 client keeps %d connections but up to %d requests run at once; create it "
-            "with botocore.config.Config(max_pool_connections=%d) to avoid reconnecting",
-            pool,
-            needed,
-            needed,
-        )
-    return requested
 
 
 @dataclass(slots=True)
@@ -458,7 +418,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         resume, self._resume = self._loaded(), None
         epoch = self.epoch if resume is None else int(resume["epoch"])
         plan = self._plan(epoch, counts)
-        runs = () if resume is None else _runs(resume)
+        runs = () if resume is None else runs_of(resume)
         if resume is not None:
             self._check_samples(resume, plan.num_samples)
         order: Callable[[], Iterator[int]] | None = None
@@ -532,8 +492,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             point = ResumePoint(progress.emitted)
         config, workers = self._transfer, progress.num_workers
         shard_streams = 1 + config.prefetch_shards
-        io_threads = _io_threads(self._store, config.io_threads, shard_streams, workers)
-        points = [point] if order is None else _source_points(point, order(), len(feeds))
+        io_threads = io_threads_for(self._store, config.io_threads, shard_streams, workers)
+        points = [point] if order is None else source_points(point, order(), len(feeds))
         prefetchers = [
             Prefetcher(
                 self._store,
@@ -548,10 +508,10 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         try:
             streams = [chain.from_iterable(prefetcher.chunks()) for prefetcher in prefetchers]
             items: Iterator[Item] = (
-                streams[0] if order is None else _interleave(streams, order(), point)
+                streams[0] if order is None else interleave(streams, order(), point)
             )
             if buffered:
-                buffer = _restore_buffer(items, point.pending)
+                buffer = restore_buffer(items, point.pending)
                 items = shuffled(items, self._shuffle_buffer, rng, buffer, arrived=point.arrived)
             transform = self._transform
             if transform is not None:
@@ -635,7 +595,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
                 raise ValueError(
                     f"cannot resume: state has {key}={state[key]!r}, dataset has {config[key]!r}"
                 )
-        _runs(state)  # refuse a malformed record now rather than in a worker
+        runs_of(state)  # refuse a malformed record now rather than in a worker
         self._resume = dict(state)
         self.set_epoch(int(state["epoch"]))
 
@@ -700,48 +660,3 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             )
         if not 0 <= state["emitted"] <= total:
             raise ValueError(f"cannot resume: emitted={state['emitted']} of {total} samples")
-
-
-def _source_points(point: ResumePoint, order: Iterator[int], sources: int) -> list[ResumePoint]:
-    """``point`` (over the worker's mixed positions) as one resume point per source."""
-    pending = set(point.pending)
-    arrived = [0] * sources
-    buffered: list[list[int]] = [[] for _ in range(sources)]
-    for position, source in zip(range(point.arrived), order, strict=False):
-        if position in pending:
-            buffered[source].append(arrived[source])
-        arrived[source] += 1
-    return [ResumePoint(a, tuple(b)) for a, b in zip(arrived, buffered, strict=True)]
-
-
-def _interleave(
-    streams: Sequence[Iterator[Item]], order: Iterator[int], point: ResumePoint
-) -> Iterator[Item]:
-    """The sources' streams merged in ``order``, leaving out what ``point`` says was read."""
-    pending = set(point.pending)
-    for position, source in enumerate(order):
-        if position < point.arrived and position not in pending:
-            continue  # delivered before the resume: its source never fetched it
-        yield next(streams[source])
-
-
-def _runs(state: Mapping[str, Any]) -> tuple[Run, ...]:
-    """The interrupted runs a state resumes after (none in a version 1 state)."""
-    records = state.get("runs", ())
-    if not isinstance(records, list | tuple):
-        raise ValueError(f"not a state: runs is {type(records).__name__}, not a list")
-    return tuple(Run.from_state(record) for record in records)
-
-
-def _restore_buffer(items: Iterator[Item], pending: tuple[int, ...]) -> list[Item]:
-    """The buffered samples of a resume point, in slot order.
-
-    ``pending`` lists positions in slot order; their data arrives first, in position order.
-    """
-    if not pending:
-        return []
-    arrived = list(islice(items, len(pending)))
-    if len(arrived) != len(pending):
-        raise RuntimeError("the resumed stream ended before refilling the shuffle buffer")
-    by_position = dict(zip(sorted(pending), arrived, strict=True))
-    return [by_position[position] for position in pending]

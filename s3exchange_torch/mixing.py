@@ -22,11 +22,14 @@ import heapq
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from .plan import EpochPlan, Segment
+from .shuffle import ResumePoint
 
-__all__ = ["MixPlan", "Source", "Stop", "quotas"]
+T = TypeVar("T")
+
+__all__ = ["MixPlan", "Source", "Stop", "interleave", "quotas", "source_points"]
 
 Stop: TypeAlias = Literal["first_exhausted", "all_exhausted"] | int
 """When a mixed epoch ends: when the first source runs out of its samples, when the last does
@@ -244,3 +247,26 @@ def source_segments(
             out += cycle_plan(cycle).segments_at([(position, position + take)])
             index += take
     return out
+
+
+def source_points(point: ResumePoint, order: Iterator[int], sources: int) -> list[ResumePoint]:
+    """``point`` (over the worker's mixed positions) as one resume point per source."""
+    pending = set(point.pending)
+    arrived = [0] * sources
+    buffered: list[list[int]] = [[] for _ in range(sources)]
+    for position, source in zip(range(point.arrived), order, strict=False):
+        if position in pending:
+            buffered[source].append(arrived[source])
+        arrived[source] += 1
+    return [ResumePoint(a, tuple(b)) for a, b in zip(arrived, buffered, strict=True)]
+
+
+def interleave(
+    streams: Sequence[Iterator[T]], order: Iterator[int], point: ResumePoint
+) -> Iterator[T]:
+    """The sources' streams merged in ``order``, leaving out what ``point`` says was read."""
+    pending = set(point.pending)
+    for position, source in enumerate(order):
+        if position < point.arrived and position not in pending:
+            continue  # delivered before the resume: its source never fetched it
+        yield next(streams[source])

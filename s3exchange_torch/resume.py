@@ -37,6 +37,7 @@ __all__ = [
     "Run",
     "batches_delivered",
     "merge_states",
+    "runs_of",
     "worker_bounds",
     "worker_rng",
 ]
@@ -432,3 +433,11 @@ def _emitted(
             else:
                 emitted.append(size if done >= count else done * batch_size)
     return emitted
+
+
+def runs_of(state: Mapping[str, Any]) -> tuple[Run, ...]:
+    """The interrupted runs a state resumes after (none in a version 1 state)."""
+    records = state.get("runs", ())
+    if not isinstance(records, list | tuple):
+        raise ValueError(f"not a state: runs is {type(records).__name__}, not a list")
+    return tuple(Run.from_state(record) for record in records)

@@ -20,9 +20,10 @@ import hashlib
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import TypeVar
 
-__all__ = ["INITIAL", "ResumePoint", "buffer_rng", "replay", "shuffled"]
+__all__ = ["INITIAL", "ResumePoint", "buffer_rng", "replay", "restore_buffer", "shuffled"]
 
 T = TypeVar("T")
 
@@ -123,3 +124,17 @@ def replay(
         _pick(slots, draw())
         done += 1
     return ResumePoint(arrived, tuple(slots))
+
+
+def restore_buffer(items: Iterator[T], pending: tuple[int, ...]) -> list[T]:
+    """The buffered samples of a resume point, in slot order.
+
+    ``pending`` lists positions in slot order; their data arrives first, in position order.
+    """
+    if not pending:
+        return []
+    arrived = list(islice(items, len(pending)))
+    if len(arrived) != len(pending):
+        raise RuntimeError("the resumed stream ended before refilling the shuffle buffer")
+    by_position = dict(zip(sorted(pending), arrived, strict=True))
+    return [by_position[position] for position in pending]

@@ -38,7 +38,7 @@ from s3exchange import (
 from s3exchange.fastget import FastGetter
 from s3exchange.testing import LocalS3, RunningServer, start_moto
 from s3exchange.testing.proxy import Fault, FaultProxy
-from s3exchange_torch.dataset import loose_requests_per_worker
+from s3exchange_torch.io_threads import loose_requests_per_worker
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

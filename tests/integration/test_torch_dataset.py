@@ -21,6 +21,7 @@ from unittest import mock
 import pytest
 
 import s3exchange_torch.dataset as dataset_module
+import s3exchange_torch.io_threads as io_threads_module
 from s3exchange import (
     FileEntry,
     InvalidManifestError,
@@ -335,13 +336,27 @@ def test_load_state_dict_rejects_a_different_configuration(corpus: Corpus) -> No
 
 
 class SlowStore(S3ExchangeStore):
-    """Adds a fixed latency before every loose GET, like a distant endpoint."""
+    """Adds a fixed latency before every loose GET, like a distant endpoint, and counts the
+    GETs in flight at once."""
 
     latency_s = 0.03
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._count_lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
     def read_file_entry(self, entry: FileEntry, *, verify: bool | None = None) -> bytes:
-        time.sleep(self.latency_s)
-        return super().read_file_entry(entry, verify=verify)
+        with self._count_lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            time.sleep(self.latency_s)
+            return super().read_file_entry(entry, verify=verify)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
 
 
 def test_loose_objects_are_fetched_concurrently_in_order(
@@ -352,12 +367,10 @@ def test_loose_objects_are_fetched_concurrently_in_order(
     ds = S3ExchangeIterableDataset(
         slow, entries, shuffle=False, rank=0, world_size=1, io_threads=16
     )
-    started = time.perf_counter()
     keys = [entry["key"] for _, entry in ds]
-    elapsed = time.perf_counter() - started
     assert keys == [entry["key"] for entry in entries]
-    sequential_floor = len(entries) * SlowStore.latency_s  # 1.92 s of latency alone
-    assert elapsed < sequential_floor / 4, f"{elapsed:.2f}s: requests did not overlap"
+    # counted, not timed: on a loaded machine a wall-clock bound fails without cause
+    assert slow.most_in_flight >= 8, f"at most {slow.most_in_flight} GETs overlapped"
 
 
 def test_threads_stop_when_iteration_is_abandoned(corpus: Corpus) -> None:
@@ -423,11 +436,11 @@ def test_io_threads_default_to_what_the_connection_pool_leaves_free(
     def store_with_pool(size: int) -> S3ExchangeStore:
         return S3ExchangeStore(moto_server.s3.client(max_pool_connections=size), bucket)
 
-    io_threads = dataset_module._io_threads
+    io_threads = io_threads_module.io_threads_for
     assert io_threads(store_with_pool(10), None, shard_streams=3, num_workers=1) == 7
     assert io_threads(store_with_pool(64), None, shard_streams=3, num_workers=1) == 32
     assert io_threads(store_with_pool(2), None, shard_streams=3, num_workers=1) == 1
-    dataset_module._POOL_WARNED.discard(os.getpid())
+    io_threads_module._POOL_WARNED.discard(os.getpid())
     with caplog.at_level("WARNING", logger="s3exchange_torch.dataset"):
         assert io_threads(store_with_pool(10), 16, shard_streams=3, num_workers=1) == 16
     assert "max_pool_connections=19" in caplog.text
