@@ -108,6 +108,8 @@ def test_bad_options_are_refused_before_any_task() -> None:
         S3ExchangeDatasink(settings, PATTERN, MANIFEST, max_entries=0)
     with pytest.raises(ValueError, match="rows_per_task must be positive"):
         S3ExchangeDatasink(settings, PATTERN, MANIFEST, rows_per_task=0)
+    with pytest.raises(ValueError, match="not both"):
+        S3ExchangeDatasink(settings, PATTERN, MANIFEST, rows_per_task=9, bytes_per_task=9)
 
 
 def test_a_shard_name_disagreeing_with_the_compression_is_refused() -> None:
@@ -352,10 +354,11 @@ def test_source_verifies_each_member_checksum(
         read_s3exchange(settings, MANIFEST, verify=True).take_all()
 
 
-def test_rows_per_task_bundles_blocks_into_fewer_tasks(
-    ray_local: None, settings: S3Settings
+@pytest.mark.parametrize("target", [{"rows_per_task": 40}, {"bytes_per_task": 1 << 20}])
+def test_a_task_target_bundles_blocks_into_fewer_tasks(
+    ray_local: None, settings: S3Settings, target: dict[str, int]
 ) -> None:
-    sink = S3ExchangeDatasink(settings, PATTERN, MANIFEST, rows_per_task=40)
+    sink = S3ExchangeDatasink(settings, PATTERN, MANIFEST, **target)  # type: ignore[arg-type]
     ray.data.from_items(_rows(40), override_num_blocks=4).write_datasink(sink)
     assert [e["archive_key"] for e in sink.entries] == [PATTERN.format(task=0, index=0)]
     assert sink.entries[0]["count"] == 40 * 4

@@ -100,8 +100,12 @@ class S3ExchangeDatasink(Datasink[TaskShards]):
     ``settings`` travel to every task; each worker process builds one client from them and
     keeps it for the tasks it runs (:mod:`.clients`). The secrets stay
     :class:`~pydantic.SecretStr` (masked in every repr; this sink's repr names no setting but
-    the bucket). ``rows_per_task`` asks Ray to hand each write task at least that many rows
-    (bigger, fewer shards per task); by default Ray bundles blocks as it likes.
+    the bucket).
+
+    A write task gets one block by default (Ray's target is 128 MiB at most, often far less), so
+    each task ends in a shard filled only as far as its block goes. ``bytes_per_task`` (say
+    ``max_bytes``) or ``rows_per_task`` has Ray bundle blocks until a task holds that much, for
+    full shards.
     """
 
     def __init__(
@@ -116,14 +120,18 @@ class S3ExchangeDatasink(Datasink[TaskShards]):
         compresslevel: int = 6,
         update_mode: UpdateMode = "overwrite",
         rows_per_task: int | None = None,
+        bytes_per_task: int | None = None,
     ) -> None:
         self._keys, self._static_prefix = _check_pattern(pattern)
         if update_mode not in ("overwrite", "append_parts"):
             raise ValueError(
                 f"update_mode must be 'overwrite' or 'append_parts', not {update_mode!r}"
             )
-        if rows_per_task is not None and rows_per_task < 1:
-            raise ValueError(f"rows_per_task must be positive, got {rows_per_task}")
+        for name, target in (("rows_per_task", rows_per_task), ("bytes_per_task", bytes_per_task)):
+            if target is not None and target < 1:
+                raise ValueError(f"{name} must be positive, got {target}")
+        if rows_per_task is not None and bytes_per_task is not None:
+            raise ValueError("give rows_per_task or bytes_per_task, not both (Ray takes one)")
         self._settings = settings
         self._pattern = pattern
         self._manifest = manifest
@@ -135,6 +143,7 @@ class S3ExchangeDatasink(Datasink[TaskShards]):
         }
         self._update_mode: UpdateMode = update_mode
         self._rows_per_task = rows_per_task
+        self._bytes_per_task = bytes_per_task
         self.entries: list[ShardEntry] = []
         """Every shard written, in task order, once the write has completed."""
         self.manifest_key: str | None = None
@@ -154,6 +163,10 @@ class S3ExchangeDatasink(Datasink[TaskShards]):
     @property
     def min_rows_per_write(self) -> int | None:
         return self._rows_per_task
+
+    @property
+    def min_bytes_per_write(self) -> int | None:
+        return self._bytes_per_task
 
     def _store(self) -> S3ExchangeStore:
         return store_for(self._settings)
