@@ -86,6 +86,22 @@ def write_shards(
     )
 
 
+def write_random_access(
+    store: S3ExchangeStore, prefix: str, shards: int, members: int, member_bytes: int
+) -> tuple[ShardSet, LooseSet]:
+    """The same samples twice: as tar shards (with their indexes) under ``{prefix}/`` and as
+    loose objects under ``{prefix}-loose/``, in the same order, for map-style readers."""
+    shard_set = write_shards(store, prefix, shards, members, member_bytes, seed=1)
+    rng = random.Random(1)
+    payloads = [rng.randbytes(member_bytes) for _ in range(shards * members)]
+    keys = loose_keys(f"{prefix}-loose", len(payloads))
+    with ThreadPoolExecutor(16) as pool:
+        entries: list[FileEntry] = list(pool.map(store.put_object, keys, payloads))
+    manifest = store.write_manifest(f"{prefix}-loose/manifest.jsonl", entries)
+    loose = LooseSet(manifest, f"{prefix}-loose", len(payloads), member_bytes)
+    return shard_set, loose
+
+
 def write_big_shard(
     store: S3ExchangeStore, key: str, total_bytes: int, member_bytes: int, seed: int = 0
 ) -> ShardEntry:

@@ -497,6 +497,55 @@ def s3torchconnector(spec: Spec) -> Result:
 
 
 # --------------------------------------------------------------------------------------------
+# random access (map-style datasets)
+# --------------------------------------------------------------------------------------------
+
+
+def _map_loader(dataset: Any, spec: Spec) -> Iterable[Any]:
+    """Every item once in a random order (seeded), ``batch_size`` per fetch: what a training
+    loop over a map-style dataset with ``shuffle=True`` does."""
+    generator = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+    return DataLoader(
+        dataset,
+        batch_size=spec.get("batch_size", 32),
+        shuffle=True,
+        generator=generator,
+        num_workers=int(spec.get("workers", 2)),
+        collate_fn=_as_list,
+    )
+
+
+def map_ours(spec: Spec) -> Result:
+    """``S3ExchangeMapDataset`` (one ranged GET per member, a batch's GETs concurrent)."""
+    from s3exchange_torch import S3ExchangeMapDataset
+
+    began = time.perf_counter()
+    dataset = S3ExchangeMapDataset(_store(spec), spec["manifest"])
+    return _consume(_map_loader(dataset, spec), spec, began)
+
+
+def map_s3torchconnector(spec: Spec) -> Result:
+    """``S3MapDataset.from_objects`` (AWS CRT client) over the same samples as loose objects."""
+    from s3torchconnector import S3ClientConfig, S3MapDataset
+
+    s3 = _s3(spec)
+    os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key_id
+    os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_access_key
+    os.environ["AWS_REGION"] = s3.region
+    os.environ.pop("AWS_PROFILE", None)
+    began = time.perf_counter()
+    uris = [f"s3://{spec['bucket']}/{key}" for key in loose_keys(spec["prefix"], spec["count"])]
+    dataset = S3MapDataset.from_objects(
+        uris,
+        region=s3.region,
+        endpoint=s3.endpoint_url,
+        transform=_read_all,
+        s3client_config=S3ClientConfig(force_path_style=True, max_attempts=2),
+    )
+    return _consume(_map_loader(dataset, spec), spec, began)
+
+
+# --------------------------------------------------------------------------------------------
 # memory
 # --------------------------------------------------------------------------------------------
 
@@ -652,6 +701,8 @@ READERS: dict[str, Callable[[Spec], Result]] = {
     "sequential_gets": sequential_gets,
     "dataloader_only": dataloader_only,
     "s3torchconnector": s3torchconnector,
+    "map_ours": map_ours,
+    "map_s3torchconnector": map_s3torchconnector,
     "memory_ours": memory_ours,
     "memory_webdataset": memory_webdataset,
     "write_ours": write_ours,

@@ -20,7 +20,7 @@ _COLUMNS = (
     "target",
 )
 _RIGHT = {2, 3, 4, 5, 8}
-_THROUGHPUT = ("shards", "shards_ttfb", "loose", "loose_ttfb", "write")
+_THROUGHPUT = ("shards", "shards_ttfb", "loose", "loose_ttfb", "random", "random_ttfb", "write")
 _NAMES = {
     "raw": "raw GET",
     "dataloader_only": "DataLoader alone (list)",

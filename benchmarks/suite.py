@@ -35,7 +35,18 @@ from benchmarks.targets import evaluate
 from s3exchange import S3ExchangeStore
 from s3exchange.testing import FaultProxy, RunningServer, start_seaweedfs
 
-SCENARIOS = ("shards", "shards_ttfb", "loose", "loose_ttfb", "memory", "write", "manifest", "plan")
+SCENARIOS = (
+    "shards",
+    "shards_ttfb",
+    "loose",
+    "loose_ttfb",
+    "random",
+    "random_ttfb",
+    "memory",
+    "write",
+    "manifest",
+    "plan",
+)
 
 Spec = dict[str, Any]
 
@@ -55,6 +66,7 @@ class Context:
     """The raw whole-shard GET ceiling of this run, without and with latency (by ``latency``)."""
     _shards: datagen.ShardSet | None = None
     _loose: datagen.LooseSet | None = None
+    _random: tuple[datagen.ShardSet, datagen.LooseSet] | None = None
     _proxy: FaultProxy | None = None
 
     def log(self, message: str) -> None:
@@ -75,6 +87,17 @@ class Context:
             self.log(f"writing {s.loose_objects} loose objects of {s.loose_bytes} B")
             self._loose = datagen.write_loose(self.store, "loose", s.loose_objects, s.loose_bytes)
         return self._loose
+
+    def random_access(self) -> tuple[datagen.ShardSet, datagen.LooseSet]:
+        if self._random is None:
+            s = self.sizes
+            self.log(
+                f"writing {s.shards} shards x {s.shard_members} x {s.member_bytes} B, loose too"
+            )
+            self._random = datagen.write_random_access(
+                self.store, "random", s.shards, s.shard_members, s.member_bytes
+            )
+        return self._random
 
     def base(self, latency: bool = False) -> Spec:
         """What every reader spec carries: where the server is, bucket, DataLoader layout."""
@@ -311,6 +334,69 @@ def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
     }
 
 
+def scenario_random(ctx: Context, latency: bool) -> dict[str, Any]:
+    """Every sample once, in a random order, through map-style datasets (issue 15)."""
+    shards, loose = ctx.random_access()
+    base = ctx.base(latency)
+    ours = {**base, "reader": "map_ours", "manifest": shards.manifest}
+    peer = {**base, "reader": "map_s3torchconnector", "prefix": loose.prefix, "count": loose.count}
+    readers = {
+        "map_ours": ours,
+        "map_s3torchconnector": peer,
+        "map_ours_8w": {**ours, "workers": 8},
+        "map_s3torchconnector_8w": {**peer, "workers": 8},
+        "stream_ours": {**base, "reader": "ours", "manifest": shards.manifest},
+        "whole_shards": {
+            **base,
+            "reader": "raw_shards",
+            "archive_keys": shards.archive_keys,
+            "members": shards.members,
+        },
+    }
+    name = "random_ttfb" if latency else "random"
+    rounds = ctx.sizes.slow_rounds if latency else ctx.sizes.rounds
+    result = alternate(ctx, name, readers, rounds)
+    pairs = {
+        "map_ours_vs_s3torchconnector_samples": (
+            "map_ours",
+            "map_s3torchconnector",
+            "samples_per_s",
+        ),
+        "map_ours_vs_s3torchconnector_8w_samples": (
+            "map_ours_8w",
+            "map_s3torchconnector_8w",
+            "samples_per_s",
+        ),
+        "map_ours_vs_stream_ours_samples": ("map_ours", "stream_ours", "samples_per_s"),
+        "map_ours_8w_vs_stream_ours_samples": ("map_ours_8w", "stream_ours", "samples_per_s"),
+        "map_ours_vs_whole_shards_samples": ("map_ours", "whole_shards", "samples_per_s"),
+    }
+    return {
+        "params": {
+            "shards": len(shards.archive_keys),
+            "members": shards.members,
+            "member_bytes": shards.member_bytes,
+            "ttfb_ms": ctx.ttfb_ms if latency else 0,
+        },
+        "readers": result,
+        "ratios": _ratios(result, pairs),
+        "baseline": "map_s3torchconnector",
+        "notes": [
+            f"every sample once in a seeded random order (DataLoader shuffle=True), batch_size "
+            f"{ctx.sizes.batch_size}, {ctx.sizes.workers} workers (fork) or 8 (_8w), a list "
+            f"collate; device {ctx.device}",
+            "map_ours: S3ExchangeMapDataset over the shards (index read at construction, one "
+            "ranged GET per member or per run of close members, a batch's GETs on 16 threads, "
+            "crc32c checked)",
+            "map_s3torchconnector: S3MapDataset.from_objects over the same samples stored as "
+            "loose objects (AWS CRT client, one GET per item, a batch fetched item by item)",
+            "stream_ours: S3ExchangeIterableDataset over the same shards (sequential streaming, "
+            "shuffle buffer); whole_shards: each worker GETs whole shards (the cost of reading "
+            "a sample by downloading its shard, as litData's chunks do)",
+        ],
+    }
+
+
 def scenario_memory(ctx: Context) -> dict[str, Any]:
     base = ctx.base()
     sizes: dict[str, Any] = {}
@@ -411,6 +497,8 @@ RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "shards_ttfb": lambda ctx: scenario_shards(ctx, latency=True),
     "loose": lambda ctx: scenario_loose(ctx, latency=False),
     "loose_ttfb": lambda ctx: scenario_loose(ctx, latency=True),
+    "random": lambda ctx: scenario_random(ctx, latency=False),
+    "random_ttfb": lambda ctx: scenario_random(ctx, latency=True),
     "memory": scenario_memory,
     "write": scenario_write,
     "manifest": scenario_manifest,

@@ -131,6 +131,28 @@ TARGETS = (
         ("ratios", "ours_default_vs_webdataset_first_batch"), "<=", 1.0, "x",
         "tar shards: time to first batch, plain DataLoader (ours, default collate) / webdataset",
     ),
+    # -- issue 15: random access over shards ---------------------------------------------------
+    Target(
+        "random_vs_s3torchconnector", "random",
+        ("ratios", "map_ours_vs_s3torchconnector_samples"), ">=", 1.0, "x",
+        "random dataset[i], 100 KiB members, 2 workers: map dataset / S3MapDataset (loose), "
+        "samples/s",
+    ),
+    Target(
+        "random_8w_vs_s3torchconnector", "random",
+        ("ratios", "map_ours_vs_s3torchconnector_8w_samples"), ">=", 1.0, "x",
+        "random dataset[i], 8 workers: map dataset / S3MapDataset (loose), samples/s",
+    ),
+    Target(
+        "random_vs_streaming", "random", ("ratios", "map_ours_8w_vs_stream_ours_samples"),
+        ">=", 0.5, "x",
+        "random dataset[i], 8 workers / sequential streaming of the same shards, samples/s",
+    ),
+    Target(
+        "random_ttfb_vs_s3torchconnector", "random_ttfb",
+        ("ratios", "map_ours_vs_s3torchconnector_samples"), ">=", 1.0, "x",
+        "random dataset[i], +TTFB: map dataset / S3MapDataset (loose), samples/s",
+    ),
     # -- issue 9, 16-core GPU node: judged with --workers 12 or more ---------------------------
     Target(
         "gpu_shards_loader_vs_raw_get", "shards", ("ratios", "loader_vs_raw_bytes"), ">=", 0.7,
