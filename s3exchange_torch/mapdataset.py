@@ -121,22 +121,48 @@ class S3ExchangeMapDataset(Dataset[Any]):
     # -- construction ------------------------------------------------------------------------
 
     def _resolve(self, manifest: str) -> None:
-        """Items in manifest order; shard indexes read concurrently, in order."""
+        """Items in manifest order; shard indexes read concurrently, in order. Members listed
+        one by one (``compact --expand-shards``: ``archive#member`` file entries) are located
+        through their archive's stored index, read once per archive."""
         entries = list(self._store.iter_manifest_entries(LiteralKey(manifest)))
         shards = [entry for entry in entries if entry["kind"] == "shard"]
+        listed = list(dict.fromkeys(_archive_of(e) for e in entries if _archive_of(e)))
         with concurrent.futures.ThreadPoolExecutor(_INDEX_THREADS) as pool:
             indexes = iter(list(pool.map(self._read_index, shards)))
+            stored = list(pool.map(self._stored_index, listed))
+        located: dict[str, tuple[int, dict[str, IndexedMember]]] = {}
+        for index in stored:
+            if index is not None and index.seekable:
+                members = {member["member_path"]: member for member in index.members}
+                located[index.archive_key] = (self._add_archive(index), members)
         for entry in entries:
             if entry["kind"] == "file":
-                self._where.append(-1)
-                self._lines.append(_dumps(entry))
+                where, member = -1, None
+                if (archive := _archive_of(entry)) in located:
+                    where, members = located[archive]
+                    member = members.get(entry["member_path"])
+                self._where.append(where if member is not None else -1)
+                self._lines.append(_dumps(entry if member is None else {**member, **entry}))
             elif entry["kind"] == "shard":
                 index = next(indexes)
-                self._where.extend([len(self._archives)] * len(index.members))
+                self._where.extend([self._add_archive(index)] * len(index.members))
                 self._lines.extend(_dumps(member) for member in index.members)
-                self._archives.append(
-                    _Archive(index.archive_key, index.etag, index.compression, index.seekable)
-                )
+
+    def _add_archive(self, index: ShardIndex) -> int:
+        self._archives.append(
+            _Archive(index.archive_key, index.etag, index.compression, index.seekable)
+        )
+        return len(self._archives) - 1
+
+    def _stored_index(self, archive_key: str) -> ShardIndex | None:
+        index = self._store.stored_shard_index({"kind": "shard", "archive_key": archive_key})
+        if index is None:
+            log.warning(
+                "members of %r are listed one by one and it has no index: each streams from "
+                "the archive's start (`s3exchange index` stores one)",
+                archive_key,
+            )
+        return index
 
     def _read_index(self, entry: ShardEntry) -> ShardIndex:
         index = self._store.read_shard_index(entry)
@@ -281,6 +307,13 @@ def _runs(items: list[_Ranged]) -> Iterator[list[_Ranged]]:
             yield run
             run, end = [item], item.stop
     yield run
+
+
+def _archive_of(entry: Any) -> str | None:
+    """The archive of a shard member listed as a file entry, else None."""
+    if entry["kind"] == "file" and "archive_key" in entry and "member_path" in entry:
+        return str(entry["archive_key"])
+    return None
 
 
 def _call(job: Callable[[], dict[int, bytes]]) -> dict[int, bytes]:

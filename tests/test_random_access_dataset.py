@@ -145,3 +145,19 @@ def test_errors_name_archive_and_member(store: S3ExchangeStore) -> None:
     store.put_shard_archive("e/a.tar", items[::-1])  # replaced: the old index's ETag is stale
     with pytest.raises(ObjectChangedError, match=r"e/a\.tar"):
         ds[1]
+
+
+def test_members_listed_one_by_one_are_read_by_range(store: S3ExchangeStore) -> None:
+    items = [
+        {"source": bytes([i]) * (700 + i), "member_path": f"{i}.bin", "id": f"{i}"}
+        for i in range(6)
+    ]
+    entry = store.put_shard_archive("x/a.tar", items).entry  # type: ignore[arg-type]
+    store.write_manifest("x/m.jsonl", [entry])
+    store.compact_manifest("x/m.jsonl", "x/flat.jsonl", expand_shards=True)
+    ds = S3ExchangeMapDataset(store, "x/flat.jsonl")
+    assert [ds[i].data for i in range(len(ds))] == [item["source"] for item in items]
+    assert [ds.entry(i)["key"] for i in range(2)] == ["x/a.tar#0.bin", "x/a.tar#1.bin"]
+    store.put_shard_archive("x/a.tar", items[::-1])  # a ranged read refuses the new archive
+    with pytest.raises(ObjectChangedError, match=r"x/a\.tar"):
+        ds[2]

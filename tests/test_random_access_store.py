@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +18,9 @@ from s3exchange import S3ExchangeStore
 from s3exchange.errors import ObjectChangedError, ObjectNotFoundError, ShardReadError
 from s3exchange.shard_index import index_key_for
 from s3exchange.types import ShardEntry, ShardItem
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 def _items(rng: random.Random, n: int) -> list[ShardItem]:
@@ -163,3 +167,21 @@ def test_a_corrupt_ranged_member_fails_naming_archive_and_member(store: S3Exchan
     store.put_object(index_key_for("k/a.tar"), raw.replace(b'"crc32c":"', b'"crc32c":"f'))
     with pytest.raises(ShardReadError, match=r"'k/a\.tar' member 's/0003\.bin'.*crc32c"):
         store.get_object("k/a.tar#s/0003.bin").read()
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_ranged_reads_through_botocore_when_the_fast_path_is_off(
+    s3_client: S3Client, bucket: str, monkeypatch: pytest.MonkeyPatch, compression: str | None
+) -> None:
+    monkeypatch.setenv("S3EXCHANGE_FAST_GET", "0")
+    store = S3ExchangeStore(s3_client, bucket)
+    name = "b/a.tar.gz" if compression else "b/a.tar"
+    items = _items(random.Random(8), 12)
+    shard = store.put_shard_archive(name, items, compression=compression)  # type: ignore[arg-type]
+    index = store.read_shard_index(shard.entry)
+    got = [store.read_indexed_member(index, m) for m in index.members]
+    assert got == [item["source"] for item in items]
+    assert store._bucket._fast_getter() is None  # these went through botocore
+    store.put_shard_archive(name, items[::-1], compression=compression)  # type: ignore[arg-type]
+    with pytest.raises(ObjectChangedError, match=name.replace(".", r"\.")):
+        store.read_indexed_member(index, index.members[5])
