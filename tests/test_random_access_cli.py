@@ -122,3 +122,6 @@ def test_index_of_a_corrupt_archive_fails_naming_it(
     assert result.returncode == 4
     assert b"bad/a.tar" in result.stderr
     assert not store.exists(index_key_for("bad/a.tar"))
+    empty = _run(moto_server, bucket, tmp_path, "index", "nothing-here/")
+    assert empty.returncode == 3
+    assert b"no .tar" in empty.stderr

@@ -20,7 +20,7 @@ from ..keys import LiteralKey
 from ..samples import sample_key
 from ..shard_index import ShardIndex, index_key_for
 from ..types import ShardEntry
-from ._common import ExitCode, emit, emit_json, open_store, plural
+from ._common import CliError, ExitCode, emit, emit_json, open_store, plural
 
 if TYPE_CHECKING:
     from ..store import S3ExchangeStore
@@ -92,6 +92,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         shards = [e for e in store.iter_manifest_entries(src) if e["kind"] == "shard"]
     else:
         shards = _shards_under(store, src)
+        if not shards:
+            raise CliError(ExitCode.NOT_FOUND, f"no .tar, .tar.gz or .tgz archive under {src!r}")
     indexes: list[ShardIndex] = []
     written = 0
     for entry in shards:
