@@ -184,8 +184,12 @@ def test_the_index_round_trips_and_names_what_is_wrong() -> None:
     with pytest.raises(ShardReadError, match="line 1"):
         parse_index([b"{}\n"], index_key="x.index.jsonl")
     broken = lines[2].replace(b'"offset_data"', b'"offset_datum"')
+    lazy = parse_index([lines[0], lines[1], broken, lines[3]], index_key="x.index.jsonl")
+    assert lazy.member(0) == index.member(0)  # member lines are checked when read
+    with pytest.raises(ShardReadError, match=r"'x\.index\.jsonl'.*line 3: member without offset"):
+        lazy.member(1)
     with pytest.raises(ShardReadError, match=r"line 3: member without offset"):
-        parse_index([lines[0], lines[1], broken, lines[3]], index_key="x.index.jsonl")
+        _ = lazy.members
 
 
 def test_extract_names_archive_and_member_when_bytes_are_short() -> None:

@@ -161,3 +161,16 @@ def test_members_listed_one_by_one_are_read_by_range(store: S3ExchangeStore) -> 
     store.put_shard_archive("x/a.tar", items[::-1])  # a ranged read refuses the new archive
     with pytest.raises(ObjectChangedError, match=r"x/a\.tar"):
         ds[2]
+
+
+def test_a_broken_index_line_fails_its_item_only(store: S3ExchangeStore) -> None:
+    items = [{"source": b"y" * 900, "member_path": f"{i}.bin"} for i in range(3)]
+    entry = store.put_shard_archive("b/a.tar", items).entry  # type: ignore[arg-type]
+    store.write_manifest("b.jsonl", [entry])
+    lines = store.get_object(index_key_for("b/a.tar")).read().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"offset_data":', b'"offset_datum":')
+    store.put_object(index_key_for("b/a.tar"), b"".join(lines))
+    ds = S3ExchangeMapDataset(store, "b.jsonl", transform=lambda data, e: data)
+    assert (ds[0], ds[2]) == (b"y" * 900, b"y" * 900)
+    with pytest.raises(ShardReadError, match=r"'b/a\.tar' member '1\.bin'.*without offset"):
+        ds[1]
