@@ -286,7 +286,8 @@ class S3ExchangeStore:
         except ObjectNotFoundError:
             return None
         index = parse_index(data.splitlines(keepends=True), index_key=key)
-        member = next((m for m in index.members if m["member_path"] == member_path), None)
+        found = (index.member(i) for i in range(len(index)))  # parsed up to the one asked for
+        member = next((m for m in found if m["member_path"] == member_path), None)
         if member is None or (index.compression is not None and "gz_offset" not in member):
             return None
         start, stop = byte_range(member)

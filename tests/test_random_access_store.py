@@ -137,6 +137,29 @@ def test_gnu_tar_and_webdataset_read_the_seekable_tar_gz(
     assert sum(1 for s in samples if "bin" in s) == len(items)
 
 
+def test_gnu_tar_and_webdataset_read_a_shard_writer_tar_gz(
+    store: S3ExchangeStore, tmp_path: Path
+) -> None:
+    """The ShardWriter's gzip framing (head deflated last, flush points in the data) too."""
+    import webdataset
+
+    rng = random.Random(12)
+    payloads = [rng.randbytes(rng.randrange(60_000)) for _ in range(40)]
+    with store.shard_writer("sw/{index}.tar.gz", compression="gzip") as writer:
+        for i, payload in enumerate(payloads):
+            writer.write({"__key__": f"{i:04d}", "bin": payload})
+    (entry,) = writer.entries
+    path = tmp_path / "sw.tar.gz"
+    path.write_bytes(store.get_object(entry["archive_key"]).read())
+    assert len({m["gz_offset"] for m in store.read_shard_index(entry).members}) > 5
+    tar = shutil.which("tar")
+    assert tar is not None
+    listed = subprocess.run([tar, "tzf", str(path)], capture_output=True, check=True, text=True)
+    assert listed.stdout.split() == ["__manifest__.jsonl"] + [f"{i:04d}.bin" for i in range(40)]
+    samples = list(webdataset.WebDataset(str(path), shardshuffle=False))
+    assert [s["bin"] for s in samples if "bin" in s] == payloads
+
+
 @pytest.mark.parametrize("compression", [None, "gzip"])
 def test_virtual_keys_open_by_ranged_get(store: S3ExchangeStore, compression: str | None) -> None:
     name = "v/a.tar.gz" if compression else "v/a.tar"
