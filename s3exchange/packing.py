@@ -24,43 +24,59 @@ interrupted run keeps what it finished. Only a run that completes appends its en
 manifest key (one part, in shard order) and then deletes the side manifest. So a manifest is
 whole unless its side manifest exists beside it; readers (``verify``) refuse it then, and a
 rerun of the same command finishes the job.
+
+The pieces: :mod:`~s3exchange.pack_plan` (the plan and :func:`reconcile`, no I/O),
+:mod:`~s3exchange.pack_scan` (finding the local files), :mod:`~s3exchange.pack_unfinished` (the
+finished mark), :mod:`~s3exchange.pack_checks` (may a stored shard be replaced); this module runs
+them and re-exports their public names.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import fnmatch
-import hashlib
-import logging
 import os
-import posixpath
-import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, Protocol, TypedDict, cast
 
-from .errors import (
-    InvalidManifestError,
-    ManifestNotFoundError,
-    PackConflictError,
-    PackError,
-    ShardReadError,
-)
+from .errors import PackConflictError, PackError
 from .keys import LiteralKey
-from .samples import entry_id, sample_key, split_items
-from .shard_format import CHECKSUM_FIELDS, hexdigest, new_digest
+from .pack_checks import check_all_replaceable, restore_problem
+from .pack_plan import (
+    CHANGED_HINT,
+    PATHS_FIELD,
+    Action,
+    PlannedShard,
+    ShardTask,
+    SourceFile,
+    default_prefix,
+    plan_shards,
+    reconcile,
+    shard_key,
+    shuffled,
+)
+from .pack_scan import Skipped, describe_skipped, scan_directory
+from .pack_unfinished import (
+    UNFINISHED_HINT,
+    finish,
+    listed_shards,
+    manifest_to_read,
+    unfinished_key,
+    unfinished_pack,
+)
 from .shard_writer import shard_compression
 from .store import STALE_UPLOAD_SECONDS
-from .types import Compression, FileEntry, ShardEntry, ShardItem
+from .types import Compression, ShardEntry
 
 if TYPE_CHECKING:
     from .store import S3ExchangeStore
 
-log = logging.getLogger(__name__)
-
 __all__ = [
+    "PATHS_FIELD",
+    "UNFINISHED_HINT",
+    "PackConflictError",
+    "PackError",
     "PackProgress",
     "PackReport",
     "PlannedShard",
@@ -80,67 +96,8 @@ __all__ = [
     "shard_key",
     "shuffled",
     "unfinished_key",
+    "unfinished_pack",
 ]
-
-Action = Literal["skip", "upload", "replace", "restore"]
-"""What a run does with one planned shard (see the module docstring)."""
-
-
-UNFINISHED_SUFFIX = ".unfinished.jsonl"
-"""Appended to a manifest key for the checkpoints of a pack that has not finished."""
-
-CHANGED_HINT = (
-    "The source directory or the split options (max entries, max bytes, compression) changed "
-    "since the manifest was written: pack into a new manifest and prefix instead"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    """A file to pack: where it is (a local path; an object key for
-    :func:`s3exchange.ray.pack_objects`), the member path it gets, and its size."""
-
-    path: str
-    member_path: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedShard:
-    """Shard ``index`` of a plan: its archive key and its files, in order."""
-
-    index: int
-    archive_key: str
-    files: tuple[SourceFile, ...]
-
-    @property
-    def count(self) -> int:
-        return len(self.files)
-
-    @property
-    def members_size_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
-    def paths_digest(self) -> str:
-        """sha256 of the member paths, in order: recorded in the entry, so that a rerun with
-        other files of the same count and sizes (another ``--shuffle`` seed, another
-        ``--exclude``) is told apart."""
-        joined = "\n".join(f.member_path for f in self.files)
-        return hashlib.sha256(joined.encode("utf-8", "surrogateescape")).hexdigest()
-
-    def items(self) -> list[ShardItem]:
-        """The shard items for :meth:`S3ExchangeStore.put_shard_archive`."""
-        return [_item(f) for f in self.files]
-
-
-@dataclass(frozen=True, slots=True)
-class ShardTask:
-    """A planned shard with the action a run takes and the entry the manifest lists, if any."""
-
-    shard: PlannedShard
-    action: Action
-    listed: ShardEntry | None = None
 
 
 class PackReport(TypedDict):
@@ -195,396 +152,6 @@ class ShardBuilder(Protocol):
         ...
 
 
-# -- planning (pure) ---------------------------------------------------------------------------
-
-
-def default_prefix(manifest_key: str) -> str:
-    """Where shards go by default: ``<manifest directory>/shards``."""
-    directory = posixpath.dirname(manifest_key)
-    return f"{directory}/shards" if directory else "shards"
-
-
-def unfinished_key(manifest_key: str) -> str:
-    """The side manifest listing the shards of a pack into ``manifest_key`` not yet finished."""
-    return LiteralKey(f"{manifest_key}{UNFINISHED_SUFFIX}")
-
-
-def unfinished_pack(store: S3ExchangeStore, root: str) -> str | None:
-    """The side manifest of a pack into ``root`` (a resolved key) that has not finished, if any:
-    what ``verify`` and the dataset refuse unless told to accept it."""
-    if root.endswith(UNFINISHED_SUFFIX):
-        return root
-    side = unfinished_key(root)
-    return side if store.exists(side) else None
-
-
-UNFINISHED_HINT = "run the same pack command again to finish it"
-
-
-def manifest_to_read(store: S3ExchangeStore, key: str, *, allow_unfinished: bool) -> str:
-    """The manifest a reader opens for ``key`` (a template): ``key`` resolved, unless a pack
-    into it has not finished. Then InvalidManifestError saying so, or, ``allow_unfinished``, a
-    warning and what it wrote: the side manifest while ``key`` itself does not exist yet. The one
-    rule of the PyTorch datasets and ``s3exchange.ray``'s source (``verify`` reports it)."""
-    root = LiteralKey(store.resolve(key))
-    side = unfinished_pack(store, root)
-    if side is None:
-        return root
-    what = f"a pack into {root!r} has not finished ({side!r} lists its shards so far)"
-    if not allow_unfinished:
-        raise InvalidManifestError(
-            key=root,
-            reason=f"{what}; {UNFINISHED_HINT}, or pass allow_unfinished=True to read it",
-        )
-    log.warning("%s; reading what it wrote", what)
-    return LiteralKey(side) if side != root and not store.exists(root) else root
-
-
-def shard_key(prefix: str, index: int, compression: Compression) -> str:
-    """``{prefix}/shard-{index:05d}.tar`` (``.tar.gz`` when gzipped)."""
-    suffix = ".tar.gz" if compression == "gzip" else ".tar"
-    return LiteralKey(f"{prefix}/shard-{index:05d}{suffix}")
-
-
-def shuffled(files: Sequence[SourceFile], seed: int) -> list[SourceFile]:
-    """``files`` with their samples (files sharing a :func:`~s3exchange.samples.sample_key`) in
-    an order drawn from ``seed``; a sample's files stay together, in their order."""
-    samples: dict[str, list[SourceFile]] = {}
-    for f in files:
-        samples.setdefault(sample_key(f.member_path), []).append(f)
-    order = list(samples.values())
-    random.Random(seed).shuffle(order)
-    return [f for sample in order for f in sample]
-
-
-def _item(f: SourceFile) -> ShardItem:
-    return {
-        "source": f.path,
-        "member_path": f.member_path,
-        "id": entry_id(f.member_path),
-        "size_bytes": f.size,
-    }
-
-
-def plan_shards(
-    files: Sequence[SourceFile],
-    *,
-    prefix: str,
-    max_entries: int | None = None,
-    max_bytes: int | None = None,
-    compression: Compression = None,
-) -> list[PlannedShard]:
-    """Cut ``files`` (in the given order) into shards with :func:`split_items`."""
-    by_member = {f.member_path: f for f in files}
-    if len(by_member) != len(files):
-        raise PackError("duplicate member paths in the source list")
-    batches = split_items([_item(f) for f in files], max_entries, max_bytes)
-    return [
-        PlannedShard(
-            index=i,
-            archive_key=shard_key(prefix, i, compression),
-            files=tuple(by_member[item["member_path"]] for item in batch),
-        )
-        for i, batch in enumerate(batches)
-    ]
-
-
-PATHS_FIELD = "member_paths_sha256"
-"""The shard entry field holding :attr:`PlannedShard.paths_digest` (older entries lack it)."""
-
-
-def _disagreement(entry: ShardEntry, shard: PlannedShard) -> str | None:
-    count, size = entry.get("count"), entry.get("members_size_bytes")
-    if (count is not None and count != shard.count) or (
-        size is not None and size != shard.members_size_bytes
-    ):
-        return (
-            f"{shard.archive_key} is listed with {count} members / {size} bytes but the source "
-            f"now gives {shard.count} members / {shard.members_size_bytes} bytes"
-        )
-    recorded = entry.get(PATHS_FIELD)
-    if isinstance(recorded, str) and recorded != shard.paths_digest:
-        return (
-            f"{shard.archive_key} is listed with other member paths than the source now gives "
-            "(other files, another --shuffle seed or --exclude)"
-        )
-    return None
-
-
-def reconcile(
-    plan: Sequence[PlannedShard],
-    listed: Mapping[str, Sequence[ShardEntry]],
-    stored: Mapping[str, int],
-    *,
-    prefix: str,
-) -> list[ShardTask]:
-    """Decide what to do with every planned shard; raise PackConflictError on any mismatch.
-
-    ``listed`` maps archive keys to the shard entries the manifest holds for them; ``stored``
-    maps archive keys under ``prefix`` to their stored sizes.
-    """
-    planned = {shard.archive_key for shard in plan}
-    problems = [
-        f"the manifest lists {key}, which this plan does not produce"
-        for key in sorted(listed)
-        if key.startswith(f"{prefix}/shard-") and key not in planned
-    ]
-    tasks: list[ShardTask] = []
-    for shard in plan:
-        entries = listed.get(shard.archive_key, ())
-        found = [p for p in (_disagreement(e, shard) for e in entries) if p is not None]
-        problems += found[:1]
-        size = stored.get(shard.archive_key)
-        if not entries:
-            tasks.append(ShardTask(shard, "upload" if size is None else "replace"))
-        elif size is None:
-            tasks.append(ShardTask(shard, "restore", entries[0]))
-        else:
-            recorded = {e["size_bytes"] for e in entries if "size_bytes" in e}
-            if recorded - {size}:
-                problems.append(
-                    f"{shard.archive_key} is stored with {size} bytes but listed with "
-                    f"{sorted(recorded)[0]}; run `s3exchange verify`"
-                )
-            tasks.append(ShardTask(shard, "skip", entries[0]))
-    if problems:
-        raise PackConflictError(problems=problems, hint=CHANGED_HINT)
-    return tasks
-
-
-# -- local files -------------------------------------------------------------------------------
-
-
-def _raise(error: OSError) -> None:
-    raise error
-
-
-def _unreadable(error: OSError) -> PackError:
-    """One line naming the path, for any file-system error on the source side."""
-    where = error.filename if error.filename is not None else "the source directory"
-    return PackError(f"cannot read {os.fspath(where)!r}: {error.strerror or error}")
-
-
-class Skipped(TypedDict):
-    """What a scan left out, by reason (a skipped directory counts once)."""
-
-    hidden: int
-    symlinks: int
-    excluded: int
-
-
-@dataclass
-class _Scan:
-    """One walk of a source directory: the rules, what was found and what was left out."""
-
-    root: Path
-    exclude: Sequence[str]
-    hidden: bool
-    follow_symlinks: bool
-
-    def __post_init__(self) -> None:
-        self.real_root = os.path.realpath(self.root)
-        self.found: list[SourceFile] = []
-        self.skipped: Skipped = {"hidden": 0, "symlinks": 0, "excluded": 0}
-
-    def keep(self, path: str, member: str, *, directory: bool) -> bool:
-        """Whether to pack (or walk into) ``path``; counts what it leaves out."""
-        name = posixpath.basename(member)
-        if name.startswith(".") and not self.hidden:
-            self.skipped["hidden"] += 1
-            return False
-        if any(fnmatch.fnmatchcase(p, g) for g in self.exclude for p in (member, name)):
-            self.skipped["excluded"] += 1
-            return False
-        if not os.path.islink(path):
-            return directory or os.path.isfile(path)  # no FIFOs, sockets or devices
-        if not self.follow_symlinks:
-            self.skipped["symlinks"] += 1
-            return False
-        target = os.path.realpath(path)
-        if os.path.commonpath([self.real_root, target]) != self.real_root:
-            raise PackError(
-                f"{path!r} is a symlink to {target!r}, outside the source directory "
-                f"{os.fspath(self.root)!r}: it is never followed there (--exclude it)"
-            )
-        if directory:
-            parent = os.path.realpath(os.path.dirname(path))
-            if os.path.commonpath([parent, target]) == target:  # a loop: it points up
-                self.skipped["symlinks"] += 1
-                return False
-            return True
-        return os.path.isfile(path)
-
-    def run(self) -> None:
-        walk = os.walk(self.root, onerror=_raise, followlinks=self.follow_symlinks)
-        for dirpath, dirnames, filenames in walk:
-            base = Path(dirpath).relative_to(self.root).as_posix()
-            prefix = "" if base == "." else f"{base}/"
-            dirnames[:] = [
-                d
-                for d in sorted(dirnames)
-                if self.keep(os.path.join(dirpath, d), prefix + d, directory=True)
-            ]
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                if self.keep(path, prefix + name, directory=False):
-                    self.found.append(SourceFile(path, prefix + name, os.path.getsize(path)))
-        self.found.sort(key=lambda f: f.member_path)
-
-
-def describe_skipped(skipped: Skipped) -> str:
-    """``"skipped 2 hidden, 1 symlink, 3 excluded"``, or ``""`` when nothing was left out."""
-    parts = [
-        f"{n} {what}" + ("s" if n != 1 and what == "symlink" else "")
-        for n, what in (
-            (skipped["hidden"], "hidden"),
-            (skipped["symlinks"], "symlink"),
-            (skipped["excluded"], "excluded"),
-        )
-        if n
-    ]
-    return "skipped " + ", ".join(parts) if parts else ""
-
-
-def scan_directory(
-    src_dir: str | os.PathLike[str],
-    *,
-    exclude: Sequence[str] = (),
-    hidden: bool = False,
-    follow_symlinks: bool = False,
-    skipped: Skipped | None = None,
-) -> list[SourceFile]:
-    """The regular files under ``src_dir`` to pack, sorted by member path.
-
-    Left out: names starting with ``.`` (unless ``hidden``), paths or names matching an
-    ``exclude`` glob (fnmatch; ``*`` crosses ``/``), and symlinks unless ``follow_symlinks``;
-    a followed symlink leading outside ``src_dir`` raises PackError naming it, one pointing up
-    to its own directory (a loop) is left out. The counts go into ``skipped``. Unreadable
-    directories raise PackError naming them instead of being skipped.
-    """
-    root = Path(src_dir)
-    if not root.is_dir():
-        raise PackError(f"{os.fspath(src_dir)!r} is not a directory")
-    scan = _Scan(root, exclude, hidden, follow_symlinks)
-    try:
-        scan.run()
-    except OSError as exc:
-        raise _unreadable(exc) from None
-    if skipped is not None:
-        skipped.update(scan.skipped)
-    return scan.found
-
-
-# -- the run -----------------------------------------------------------------------------------
-
-
-def _listed_shards(store: S3ExchangeStore, manifest_key: str) -> dict[str, list[ShardEntry]]:
-    listed: dict[str, list[ShardEntry]] = {}
-    try:
-        for entry in store.iter_manifest_entries(manifest_key):
-            if entry["kind"] == "shard":
-                listed.setdefault(entry["archive_key"], []).append(entry)
-    except ManifestNotFoundError as exc:
-        if exc.key != manifest_key:
-            raise  # a part the root references is gone: not a first run
-    return listed
-
-
-def _finish(store: S3ExchangeStore, manifest_key: str, plan: Sequence[PlannedShard]) -> str | None:
-    """Move the side manifest's entries the manifest lacks into it (one part), then delete it.
-
-    Returns the part written, if any. A crash in between leaves both; the next run finds every
-    entry listed already and only deletes the side manifest.
-    """
-    side = unfinished_key(manifest_key)
-    order = {shard.archive_key: shard.index for shard in plan}
-    listed = _listed_shards(store, manifest_key)
-    pending = {
-        key: entries[0]
-        for key, entries in _listed_shards(store, side).items()
-        if key not in listed and key in order
-    }
-    part = None
-    if pending:
-        entries = [pending[key] for key in sorted(pending, key=order.__getitem__)]
-        part = store.put_sharded(manifest_key, entries, "append_parts")
-    try:
-        refs = [
-            LiteralKey(e["key"])
-            for e in store.iter_manifest_entries(side, resolve_refs=False)
-            if e["kind"] == "manifest_ref"
-        ]
-    except ManifestNotFoundError:
-        return part
-    store.delete_key(side)  # first the root, so no reader meets a dangling reference
-    for ref in refs:
-        store.delete_key(ref)
-    return part
-
-
-def _check_replaceable(
-    store: S3ExchangeStore, task: ShardTask, compression: Compression, builder: ShardBuilder
-) -> None:
-    """Refuse to overwrite a stored, unlisted archive unless it holds this plan's members."""
-    key = task.shard.archive_key
-    entry: ShardEntry = {"kind": "shard", "archive_key": key, "compression": compression}
-    try:
-        members = store.read_shard_manifest(entry)
-    except ShardReadError as exc:
-        raise PackConflictError(
-            f"{key} exists, is not listed in the manifest and is not a readable shard "
-            f"({exc.reason}); delete it or pack under another --prefix"
-        ) from None
-    found = [(m.get("member_path"), m.get("size_bytes")) for m in members]
-    wanted = [(f.member_path, f.size) for f in task.shard.files]
-    if found != wanted:
-        raise PackConflictError(
-            f"{key} exists and is not listed in the manifest, but holds other files than "
-            "this plan; another dataset may use this prefix: pack under another --prefix"
-        )
-    # Names and sizes are not an identity: two datasets of equally sized files (fixed-length
-    # audio, resized images) agree on both. Only the members' checksums show that the stored
-    # archive is this plan's own, interrupted run; hashing the files costs one local read at
-    # CRC32C speed (~25 GB/s), and only for shards stored but not listed.
-    for member, source in zip(members, task.shard.files, strict=True):
-        problem = _content_problem(member, source, builder)
-        if problem is not None:
-            raise PackConflictError(
-                f"{key} exists and is not listed in the manifest, but its member "
-                f"{source.member_path!r} {problem}; another dataset may use this prefix: "
-                "pack under another --prefix"
-            )
-
-
-def _content_problem(member: FileEntry, source: SourceFile, builder: ShardBuilder) -> str | None:
-    """Why the stored member is not ``source``'s bytes, or None when its checksum matches."""
-    for field in CHECKSUM_FIELDS:
-        recorded = member.get(field)
-        if isinstance(recorded, str):
-            digest = new_digest(field)
-            try:
-                with builder.open(source) as f:
-                    while block := f.read(1 << 20):
-                        digest.update(block)
-            except OSError as exc:
-                raise _unreadable(exc) from None
-            if hexdigest(digest) == recorded:
-                return None
-            return f"holds other bytes than {source.path} ({field} differs)"
-    return "records no checksum, so it cannot be shown to hold the same bytes"
-
-
-def _restore_problem(new: ShardEntry, listed: ShardEntry) -> str | None:
-    for field in ("size_bytes", "etag"):
-        old, now = listed.get(field), new.get(field)
-        if old is not None and now is not None and old != now:
-            return (
-                f"{new['archive_key']} was missing and has been uploaded again, but its "
-                f"{field} is now {now} while the manifest lists {old}: the source files changed"
-            )
-    return None
-
-
 def _count(report: PackReport, action: Action) -> None:
     if action == "upload":
         report["uploaded"] += 1
@@ -624,7 +191,7 @@ class _Run:
         if task.action == "restore":
             assert entry is not None
             assert task.listed is not None
-            problem = _restore_problem(entry, task.listed)
+            problem = restore_problem(entry, task.listed)
             if problem:
                 self.problems.append(problem)
             entry = None
@@ -844,13 +411,13 @@ def pack_files(
         )
     except ValueError as exc:
         raise PackError(str(exc)) from None
-    listed = _listed_shards(store, manifest_key)
-    for key, entries in _listed_shards(store, unfinished_key(manifest_key)).items():
+    listed = listed_shards(store, manifest_key)
+    for key, entries in listed_shards(store, unfinished_key(manifest_key)).items():
         listed.setdefault(key, entries)
     shards = LiteralKey(f"{prefix}/shard-")
     stored = {obj["key"]: obj["size"] for obj in store.list_objects(shards)}
     tasks = reconcile(plan, listed, stored, prefix=prefix)
-    _check_all_replaceable(store, tasks, codec, builder)
+    check_all_replaceable(store, tasks, codec, builder.open, builder.jobs)
     stale = store.abort_stale_uploads(shards, stale_uploads_after, dry_run=dry_run)
     report: PackReport = {
         "manifest_key": manifest_key,
@@ -884,27 +451,8 @@ def pack_files(
         _execute(run, builder, codec)
         if run.problems:
             raise PackConflictError(problems=run.problems, hint=CHANGED_HINT)
-        part = _finish(store, manifest_key, plan)
+        part = finish(store, manifest_key, plan)
         if part is not None:
             report["parts"].append(part)
     report["seconds"] = round(time.monotonic() - started, 3)
     return report
-
-
-def _check_all_replaceable(
-    store: S3ExchangeStore,
-    tasks: Iterable[ShardTask],
-    compression: Compression,
-    builder: ShardBuilder,
-) -> None:
-    replace = [task for task in tasks if task.action == "replace"]
-    if not replace:
-        return
-
-    def check(task: ShardTask) -> None:
-        _check_replaceable(store, task, compression, builder)
-
-    threads = max(1, builder.jobs)
-    with concurrent.futures.ThreadPoolExecutor(threads, "s3exchange-pack-check") as pool:
-        for _ in pool.map(check, replace):
-            pass
