@@ -33,9 +33,11 @@ FORMAT_MODULES = (
 REQUEST_MODULES = {
     "body",
     "bucket",
+    "client_probe",
     "compaction",
     "deletion",
     "fastget",
+    "http11",
     "multipart",
     "parts",
     "pack_checks",
