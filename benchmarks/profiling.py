@@ -60,7 +60,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tar parsing + member copies", ("s3exchange/tar_parser.py", "s3exchange/tar_reader.py")),
     ("manifest / units / plan", ("s3exchange/manifest.py", "s3exchange_torch/units.py")),
     ("shuffle buffer", ("s3exchange_torch/shuffle.py",)),
-    ("prefetch: thread hand-offs (queues, futures)", ("s3exchange_torch/prefetch.py",)),
+    ("prefetch: thread hand-offs (queues, futures)", ("s3exchange_torch/prefetch",)),
     ("thread sync (locks, conditions, queues)", ("threading.py", "queue.py", "concurrent/")),
     (
         "loader: collate into shared memory, rings",
@@ -108,7 +108,7 @@ def _role(thread: str, frames: list[str], main_tid: str) -> str:
         return "worker feeder thread (pickle + pipe)"
     if any("_worker_loop" in frame for frame in frames):
         return "worker main thread"
-    if any("s3exchange_torch/prefetch.py" in frame for frame in frames):
+    if any("s3exchange_torch/prefetch" in frame for frame in frames):
         return "prefetch threads (GET, tar, checksum)"
     if thread.startswith(f"thread ({main_tid})"):
         return "main process (receives batches)"
