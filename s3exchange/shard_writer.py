@@ -30,26 +30,24 @@ raw deflate stream begun fresh (it never refers back into the manifest), part 1 
 header + the manifest deflated and sync-flushed to a byte boundary (no final block), and the last
 part ends with the gzip trailer, whose CRC-32 over manifest + data comes from
 :func:`crc32_combine` (zlib has it; Python's ``zlib`` module does not expose it).
+
+The gzip framing lives in :mod:`~s3exchange.gzip_frame`, encoding samples into members in
+:mod:`~s3exchange.sample_encoding` (both pure); this module uploads shards.
 """
 
 from __future__ import annotations
 
 import enum
-import io
 import json
-import struct
-import sys
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-import crc32c
-
 from .errors import ShardWriteError
+from .gzip_frame import GzipFrame, crc32_combine
 from .multipart import MIN_PART_SIZE, MultipartWriter
-from .shard_format import MAX_INTERNAL_MANIFEST_BYTES, member_path_problem
+from .sample_encoding import Member, encode_sample
+from .shard_format import MAX_INTERNAL_MANIFEST_BYTES
 from .shard_index import FLUSH_SPACING, MemberSpan, spans
 from .sources import InMemory
 from .tar_writer import tar_header
@@ -80,202 +78,6 @@ _CHUNK = 1 << 20
 """Slice a large field is copied (and deflated) in, so no step holds a second copy of it."""
 _BLOCK = 512
 _EOF_MARKER = bytes(2 * _BLOCK)
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-"""deflate, no flags, mtime 0, no extra flags, OS unknown: the same bytes on every run."""
-
-
-# --------------------------------------------------------------------------------------------
-# gzip framing with the head written last
-# --------------------------------------------------------------------------------------------
-
-_CRC32_POLY = 0xEDB88320
-
-
-def _multmodp(a: int, b: int) -> int:
-    """``a * b`` modulo the CRC-32 polynomial, bit-reflected as zlib has it (``a`` nonzero)."""
-    m = 1 << 31
-    p = 0
-    while True:
-        if a & m:
-            p ^= b
-            if a & (m - 1) == 0:
-                return p
-        m >>= 1
-        b = (b >> 1) ^ _CRC32_POLY if b & 1 else b >> 1
-
-
-_X2N = [1 << 30]  # x^(2^k) mod p for k = 0..31: x^1 first
-for _ in range(31):
-    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """``zlib.crc32(a + b)`` from ``crc1 = crc32(a)``, ``crc2 = crc32(b)`` and ``len(b)``.
-
-    zlib's own ``crc32_combine`` (multiply ``crc1`` by x^(8 len2) modulo the polynomial), in
-    O(log len2) steps: the manifest's CRC is joined to the data's without re-reading the data.
-    """
-    if len2 < 0:
-        raise ValueError(f"len2 must be >= 0, got {len2}")
-    p, n, k = 1 << 31, len2, 3  # x^0; bytes are 2^3 bits
-    while n:
-        if n & 1:
-            p = _multmodp(_X2N[k & 31], p)
-        n >>= 1
-        k += 1
-    return _multmodp(p, crc1) ^ crc2
-
-
-class _GzipFrame:
-    """One gzip member whose first bytes (the manifest) are made after the rest (the data)."""
-
-    def __init__(self, level: int) -> None:
-        self._level = level
-        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
-        self._crc = 0
-        self._size = 0
-        self.compressed = 0
-        """Deflated data bytes handed out so far (the head's excluded)."""
-
-    def compress(self, data: bytes | memoryview) -> bytes:
-        self._crc = zlib.crc32(data, self._crc)
-        self._size += len(data)
-        out = self._deflate.compress(data)
-        self.compressed += len(out)
-        return out
-
-    def full_flush(self) -> bytes:
-        """A full-flush point: inflating the data stream can start after these bytes."""
-        out = self._deflate.flush(zlib.Z_FULL_FLUSH)
-        self.compressed += len(out)
-        return out
-
-    def finish(self, head: bytes) -> tuple[bytes, bytes]:
-        """(gzip header + ``head`` deflated, sync-flushed; final deflate block + trailer)."""
-        deflate = zlib.compressobj(self._level, zlib.DEFLATED, -15)
-        first = _GZIP_HEADER + deflate.compress(head) + deflate.flush(zlib.Z_SYNC_FLUSH)
-        crc = crc32_combine(zlib.crc32(head), self._crc, self._size)
-        trailer = struct.pack("<II", crc, (len(head) + self._size) & 0xFFFFFFFF)
-        return first, self._deflate.flush() + trailer
-
-
-# --------------------------------------------------------------------------------------------
-# Samples
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Member:
-    """One encoded field: its member path, its bytes and its internal manifest line."""
-
-    path: str
-    data: bytes | memoryview
-    line: bytes
-
-
-def _sample_problem(key: str, field: str, reason: str) -> str:
-    return f"sample {key!r} field {field!r}: {reason}"
-
-
-def _encode_value(value: Any, key: str, field: str) -> bytes | memoryview:
-    """A field's bytes: bytes-likes as they are, str as UTF-8, dict/list as JSON, ndarray as .npy.
-
-    numpy is never imported here: an ndarray can only exist once its caller imported numpy.
-    """
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bytearray | memoryview):
-        view = memoryview(value)
-        if not view.c_contiguous:
-            raise ValueError(_sample_problem(key, field, "memoryview is not C-contiguous"))
-        return view.cast("B")
-    if isinstance(value, str):
-        try:
-            return value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(_sample_problem(key, field, f"str is not valid UTF-8: {exc}")) from exc
-    if isinstance(value, dict | list):
-        try:
-            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(_sample_problem(key, field, f"is not JSON: {exc}")) from exc
-        return text.encode("utf-8")
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ndarray):
-        out = io.BytesIO()
-        try:
-            numpy.save(out, value, allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(_sample_problem(key, field, f"cannot save as .npy: {exc}")) from exc
-        return out.getvalue()
-    raise TypeError(
-        _sample_problem(
-            key,
-            field,
-            f"cannot encode {type(value).__name__}; give bytes, str, dict or list (JSON) "
-            "or a numpy array",
-        )
-    )
-
-
-def _check_key(sample: Mapping[str, Any]) -> str:
-    if "__key__" not in sample:
-        fields = ", ".join(repr(field) for field in sample)
-        raise ValueError(f"sample has no '__key__' (fields: {fields or 'none'})")
-    key = sample["__key__"]
-    if not isinstance(key, str):
-        raise TypeError(f"sample '__key__' must be a str, got {type(key).__name__} {key!r}")
-    problem = member_path_problem(key)
-    if problem is None and "." in key.rpartition("/")[2]:
-        problem = "the last path component holds a '.', where readers would split the field"
-    if problem is not None:
-        raise ValueError(f"sample {key!r}: invalid key: {problem}")
-    return key
-
-
-def _encode_sample(sample: Mapping[str, Any]) -> tuple[str, list[_Member]]:
-    """The key and members of ``sample``, checked and encoded before anything is written.
-
-    Fields starting with ``_`` (``__url__``, ``__local_path__``) are metadata and skipped, as
-    webdataset's writer skips them. Readers lower-case fields, so two that differ only in case
-    would collide and are refused.
-    """
-    if not isinstance(sample, Mapping):
-        raise TypeError(f"a sample is a dict with '__key__', got {type(sample).__name__}")
-    key = _check_key(sample)
-    members: list[_Member] = []
-    seen: set[str] = set()
-    for field, value in sample.items():
-        if not isinstance(field, str):
-            raise TypeError(f"sample {key!r}: field names are str, got {field!r}")
-        if field.startswith("_"):
-            continue
-        problem = None
-        if not field or "/" in field or "\0" in field:
-            problem = "a field is a non-empty name without '/'"
-        elif field.lower() in seen:
-            problem = "repeats another field but for case (readers lower-case fields)"
-        path = f"{key}.{field}"
-        if problem is None and path == INTERNAL_MANIFEST_PATH:
-            problem = "the member path is reserved for the internal manifest"
-        if problem is None:
-            problem = member_path_problem(path)
-        if problem is not None:
-            raise ValueError(_sample_problem(key, field, problem))
-        seen.add(field.lower())
-        data = _encode_value(value, key, field)
-        entry = {
-            "kind": "file",
-            "key": path,
-            "member_path": path,
-            "size_bytes": len(data),
-            "crc32c": f"{crc32c.crc32c(data):08x}",
-        }
-        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        members.append(_Member(path, data, line))
-    if not members:
-        raise ValueError(f"sample {key!r} has no fields to write")
-    return key, members
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +99,7 @@ class _ShardUpload:
         """``writer`` holds back :data:`HEAD_SIZE` bytes (``hold_head``)."""
         self.archive_key = archive_key
         self.compression = compression
-        self._gzip = _GzipFrame(compresslevel) if compression == "gzip" else None
+        self._gzip = GzipFrame(compresslevel) if compression == "gzip" else None
         self._writer = writer
         self.lines: list[bytes] = []
         self.manifest_bytes = 0
@@ -314,7 +116,7 @@ class _ShardUpload:
     def count(self) -> int:
         return len(self.lines)
 
-    def add(self, key: str, members: list[_Member]) -> None:
+    def add(self, key: str, members: list[Member]) -> None:
         """Append one sample's members to the archive stream."""
         for member in members:
             size = len(member.data)
@@ -481,7 +283,7 @@ class ShardWriter:
         """
         if self._state is not _State.OPEN:
             raise ValueError(f"the ShardWriter is {self._state.value}: no more samples")
-        key, members = _encode_sample(sample)
+        key, members = encode_sample(sample)
         shard = self._shard
         roll = shard is not None and self._full(shard, members)
         if shard is not None and not roll and key in shard.keys:
@@ -498,7 +300,7 @@ class ShardWriter:
             self.abort()
             raise
 
-    def _full(self, shard: _ShardUpload, members: list[_Member]) -> bool:
+    def _full(self, shard: _ShardUpload, members: list[Member]) -> bool:
         """Whether ``members`` must go to the next shard: every limit holds for each shard
         but one holding a single sample that exceeds them by itself."""
         count = shard.count + len(members)

@@ -18,9 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FORMAT_MODULES = (
     "errors",
+    "gzip_frame",
     "keys",
     "manifest",
     "pack_plan",
+    "sample_encoding",
     "samples",
     "shard_format",
     "shard_index",

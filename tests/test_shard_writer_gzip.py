@@ -10,7 +10,7 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3exchange.shard_writer import _GzipFrame, crc32_combine
+from s3exchange.gzip_frame import GzipFrame, crc32_combine
 
 
 def tar_member(name: str, data: bytes) -> bytes:
@@ -43,7 +43,7 @@ def test_crc32_combine_past_the_table_period() -> None:
 def test_a_head_made_last_reads_as_one_gzip_member_everywhere() -> None:
     manifest = tar_member("__manifest__.jsonl", b'{"kind":"file"}\n')
     data = tar_member("k.txt", b"hello" * 1000) + bytes(1024)
-    frame = _GzipFrame(6)
+    frame = GzipFrame(6)
     middle = frame.compress(data[:700]) + frame.compress(data[700:])
     first, last = frame.finish(manifest)
     archive = first + middle + last
