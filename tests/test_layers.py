@@ -36,6 +36,7 @@ REQUEST_MODULES = {
     "body",
     "bucket",
     "client_probe",
+    "clients",
     "compaction",
     "deletion",
     "fastget",
