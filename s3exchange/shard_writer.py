@@ -259,9 +259,9 @@ class ShardWriter:
         first = self._archive_key(self._index)
         if first == self._archive_key(self._index + 1):
             raise ValueError(f"shard pattern {self._pattern!r} has no {{index}} placeholder")
-        from .store import _compression_of
+        from .shard_access import compression_of
 
-        named = _compression_of(first)
+        named = compression_of(first)
         if named != self._compression:
             raise ValueError(
                 f"shard {first!r} is named for compression {named!r} but compression is "

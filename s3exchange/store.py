@@ -1,31 +1,29 @@
 """The public façade: :class:`S3ExchangeStore` resolves keys and delegates to the modules that
-do the work (``bucket`` for requests, ``manifest`` and ``shard`` for formats, ``parts``,
-``deletion`` and ``compaction`` for the longer workflows)."""
+do the work (``bucket`` for requests, ``manifest`` and ``shard`` for formats, ``manifest_reads``
+for reading through manifests, ``shard_access`` for shard indexes and ranged member reads,
+``parts``, ``deletion`` and ``compaction`` for the longer workflows).
+
+Over 500 lines because it is the whole public API in one class: each of its ~40 public methods
+keeps its signature and docstring here, most bodies a few lines delegating to those modules."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import io
 import logging
 import posixpath
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import compaction, deletion, manifest, parts
-from .body import CheckedStream, ObjectStream, OpenedBody, RetryPolicy, inner_stream
+from . import compaction, deletion, manifest, manifest_reads, parts, shard_access
+from .body import ObjectStream, OpenedBody, RetryPolicy
 from .bucket import Bucket, ClientFactory
 from .config import TransferConfig
 from .errors import (
-    IntegrityError,
     InvalidKeyError,
-    ManifestNotFoundError,
-    ObjectChangedError,
     ObjectNotFoundError,
-    ShardReadError,
     ShardWriteError,
     StorageError,
 )
@@ -33,24 +31,16 @@ from .keys import KeySpace, LiteralKey, resolve_template, split_virtual_key, vir
 from .multipart import MultipartWriter
 from .samples import Shard, entry_id
 from .settings import redact_secrets_in_logs
-from .shard_format import CHECKSUM_FIELDS, WRITE_CHECKSUM, hexdigest, new_digest
-from .shard_format import member_path_problem as _member_path_problem
 from .shard_index import (
     IndexedMember,
-    MemberReader,
     MemberSpan,
     ShardIndex,
-    byte_range,
-    check_member,
-    dumps_index,
     encode_index,
-    extract,
     index_key_for,
-    parse_index,
 )
 from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter, shard_compression
 from .sources import InMemory, Source, source_of
-from .tar_reader import ShardMember, iter_internal_manifest, iter_shard
+from .tar_reader import ShardMember, iter_shard
 from .tar_writer import write_shard
 from .transport import PendingUpload
 from .types import (
@@ -246,69 +236,7 @@ class S3ExchangeStore:
             archive, member = split_virtual_key(resolved)
             if member is None:
                 raise
-        return self._open_member(archive, member)
-
-    def _open_member(self, archive_key: str, member_path: str) -> ObjectStream:
-        """One shard member, streamed: by one ranged GET of its bytes when an index lies beside
-        the archive, else from the archive's GET (no index, an index of another version of the
-        archive, a whole-stream .tar.gz). Never read whole: a 3 GiB member of a 3 MB .tar.gz
-        once cost 6 GiB RSS. Closing the stream closes the GET."""
-        ranged = self._open_indexed_member(archive_key, member_path)
-        if ranged is not None:
-            return ranged
-        entry: ShardEntry = {
-            "kind": "shard",
-            "archive_key": archive_key,
-            "compression": _compression_of(archive_key),
-        }
-        members = self.iter_shard_members(
-            entry, select=lambda _, e: e["member_path"] == member_path
-        )
-        try:
-            member = next(members, None)
-        except BaseException:
-            members.close()
-            raise
-        if member is None:
-            members.close()
-            raise ObjectNotFoundError(key=virtual_key(archive_key, member_path))
-        return inner_stream(
-            member.entry["key"], member.stream.read, member.stream.size, members.close
-        )
-
-    def _open_indexed_member(self, archive_key: str, member_path: str) -> ObjectStream | None:
-        """The member by a ranged GET (``If-Match`` the ETag its index records), or None."""
-        key = index_key_for(archive_key)
-        try:
-            data, _ = self._reconnecting(
-                key, lambda: self._bucket.read_object(key, retry=self.read_retry)
-            )
-        except ObjectNotFoundError:
-            return None
-        index = parse_index(data.splitlines(keepends=True), index_key=key)
-        found = (index.member(i) for i in range(len(index)))  # parsed up to the one asked for
-        member = next((m for m in found if m["member_path"] == member_path), None)
-        if member is None or (index.compression is not None and "gz_offset" not in member):
-            return None
-        start, stop = byte_range(member)
-        opener = self._bucket.range_opener(archive_key, start, stop, index.etag)
-        source: ObjectStream | None = None
-        if start < stop:
-            try:
-                source = ObjectStream(
-                    archive_key,
-                    lambda o, e: self._reconnecting(archive_key, lambda: opener(o, e)),
-                    retry=self.read_retry,
-                )
-            except ObjectChangedError:
-                log.debug("%r changed since its index was written; streaming it", archive_key)
-                return None
-        reader = MemberReader(
-            source or io.BytesIO(), member, archive_key=archive_key, verify=self.verify
-        )
-        close = source.close if source is not None else (lambda: None)
-        size = member.get("size_bytes")
-        return inner_stream(virtual_key(archive_key, member_path), reader.read, size, close)
+        return shard_access.open_member(self, archive, member)
 
     def head_object(self, key: str, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The object's HEAD response (ContentLength, ETag, ContentType, Metadata ...)."""
@@ -410,25 +338,10 @@ class S3ExchangeStore:
         referenced twice contributes its entries once, at its first reference. A reference
         cycle, or nesting deeper than ``MAX_REF_DEPTH``, raises InvalidManifestError.
         """
-        return self._iter_entries(self.resolve(manifest_key, vars), resolve_refs)
-
-    def _iter_entries(
-        self, key: str | None, resolve_refs: bool, entries: Iterable[ManifestEntry] | None = None
-    ) -> Iterator[ManifestEntry]:
-        if not resolve_refs:
-            yield from entries if entries is not None else self._read_manifest(cast(str, key))
-            return
-        for _, entry in manifest.walk_graph(self._read_manifest, key, entries):
-            if entry["kind"] != "manifest_ref":
-                yield entry
+        return manifest_reads.iter_entries(self, self.resolve(manifest_key, vars), resolve_refs)
 
     def _read_manifest(self, key: str) -> Iterator[ManifestEntry]:
-        try:
-            stream = self._stream(key)
-        except ObjectNotFoundError:
-            raise ManifestNotFoundError(key=key, bucket=self.bucket) from None
-        with stream:
-            yield from manifest.iter_entries_from_stream(stream, key=key)
+        return manifest_reads.read_manifest(self, key)
 
     def iter_entries(
         self,
@@ -442,13 +355,7 @@ class S3ExchangeStore:
         """
         if isinstance(source, str):
             return self.iter_manifest_entries(source, resolve_refs, vars)
-        return self._flatten(source, resolve_refs)
-
-    def _flatten(
-        self, entries: Iterable[ManifestEntry], resolve_refs: bool
-    ) -> Iterator[ManifestEntry]:
-        valid = (manifest.validate_entry(raw, index=i) for i, raw in enumerate(entries))
-        return self._iter_entries(None, resolve_refs, valid)
+        return manifest_reads.flatten(self, source, resolve_refs)
 
     def write_manifest(
         self,
@@ -494,44 +401,7 @@ class S3ExchangeStore:
         With ``verify`` (the store's default) sizes and checksums recorded in the manifest are
         checked while streaming and a mismatch raises IntegrityError / ShardReadError.
         """
-        check = self.verify if verify is None else verify
-        run: list[FileEntry] = []
-        for entry in self.iter_entries(manifest, True, vars):
-            if run and (
-                entry["kind"] != "file" or entry.get("archive_key") != run[0]["archive_key"]
-            ):
-                yield from self._iter_member_run(run, check)
-                run = []
-            if entry["kind"] == "file":
-                if "archive_key" in entry and "member_path" in entry:
-                    run.append(entry)
-                else:
-                    yield self.open_file_entry(entry, verify=check), entry
-            elif entry["kind"] == "shard":
-                for member in self.iter_shard_members(entry, verify=check):
-                    yield cast(IO[bytes], member.stream), member.entry
-        if run:
-            yield from self._iter_member_run(run, check)
-
-    def _iter_member_run(
-        self, run: list[FileEntry], verify: bool
-    ) -> Iterator[tuple[IO[bytes], FileEntry]]:
-        """Consecutive member entries of one archive (a compacted, expanded manifest): one GET,
-        members yielded in archive order; a listed member the archive lacks is an error."""
-        archive = run[0]["archive_key"]
-        wanted = {entry["member_path"]: entry for entry in run}
-        shard: ShardEntry = {
-            "kind": "shard",
-            "archive_key": archive,
-            "compression": _compression_of(archive),
-        }
-        for member in self.iter_shard_members(
-            shard, select=lambda _, e: e["member_path"] in wanted, verify=verify
-        ):
-            yield cast(IO[bytes], member.stream), {**wanted.pop(member.entry["member_path"])}
-        if wanted:
-            missing = next(iter(wanted))
-            raise ObjectNotFoundError(key=virtual_key(archive, missing))
+        return manifest_reads.iter_objects(self, manifest, vars, verify=verify)
 
     def open_file_entry(self, entry: FileEntry, *, verify: bool | None = None) -> IO[bytes]:
         """Open a file entry, checking it against the manifest's etag, size and sha256.
@@ -539,23 +409,7 @@ class S3ExchangeStore:
         A shard member listed as a file entry (``archive_key`` + ``member_path``) is opened by
         streaming its archive up to that member.
         """
-        if "archive_key" in entry and "member_path" in entry:
-            return cast(IO[bytes], self._open_member(entry["archive_key"], entry["member_path"]))
-        key = entry["key"]
-        stream = self._stream(key)
-        if not (self.verify if verify is None else verify):
-            return cast(IO[bytes], stream)
-        etag = entry.get("etag")
-        if etag and stream.etag and etag.strip('"') != stream.etag.strip('"'):
-            stream.close()
-            raise IntegrityError(key=key, reason=f"ETag is {stream.etag}, manifest says {etag}")
-        size = entry.get("size_bytes")
-        if size is not None and stream.size is not None and size != stream.size:
-            stream.close()
-            raise IntegrityError(
-                key=key, reason=f"size is {stream.size} bytes, manifest says {size}"
-            )
-        return cast(IO[bytes], CheckedStream(stream, size, entry.get("sha256")))
+        return manifest_reads.open_file_entry(self, entry, verify=verify)
 
     def read_file_entry(self, entry: FileEntry, *, verify: bool | None = None) -> bytes:
         """A file entry's whole object in one GET, checked as :meth:`open_file_entry` checks it.
@@ -564,25 +418,7 @@ class S3ExchangeStore:
         <s3exchange.bucket.Bucket.read_object>` (a fraction of botocore's CPU per request).
         A shard member listed as a file entry is read through :meth:`open_file_entry`.
         """
-        if "archive_key" in entry and "member_path" in entry:
-            with self.open_file_entry(entry, verify=verify) as member:
-                return member.read()
-        key = entry["key"]
-        data, got_etag = self._reconnecting(
-            key, lambda: self._bucket.read_object(key, retry=self.read_retry)
-        )
-        if not (self.verify if verify is None else verify):
-            return data
-        etag = entry.get("etag")
-        if etag and got_etag and etag.strip('"') != got_etag.strip('"'):
-            raise IntegrityError(key=key, reason=f"ETag is {got_etag}, manifest says {etag}")
-        size = entry.get("size_bytes")
-        if size is not None and size != len(data):
-            raise IntegrityError(key=key, reason=f"size is {len(data)} bytes, manifest says {size}")
-        sha256 = entry.get("sha256")
-        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-            raise IntegrityError(key=key, reason="sha256 does not match the manifest")
-        return data
+        return manifest_reads.read_file_entry(self, entry, verify=verify)
 
     def iter_shard_members(
         self,
@@ -596,7 +432,7 @@ class S3ExchangeStore:
         An entry's ``etag`` must match the stored archive's (ObjectChangedError otherwise).
         """
         key = entry["archive_key"]
-        with self._open_archive(entry) as stream:
+        with shard_access.open_archive(self, entry) as stream:
             yield from iter_shard(
                 stream,
                 archive_key=key,
@@ -607,22 +443,6 @@ class S3ExchangeStore:
                 internal_manifest_path=entry.get("internal_manifest_path", INTERNAL_MANIFEST_PATH),
             )
 
-    def _open_archive(self, entry: ShardEntry) -> ObjectStream:
-        """The archive's GET stream, refused when the entry records another ETag: a shard
-        rewritten under the same key (another dataset packed there) must not be read as this
-        one. Checked on every read, whatever ``verify`` says: it costs no request."""
-        key = entry["archive_key"]
-        stream = self._stream(key)
-        listed = entry.get("etag")
-        if listed and stream.etag and listed.strip('"') != stream.etag.strip('"'):
-            stream.close()
-            raise ObjectChangedError(
-                key=key,
-                etag=listed,
-                reason=f"was replaced since the manifest listed it (its ETag is {stream.etag})",
-            )
-        return stream
-
     def read_shard_index(self, entry: ShardEntry) -> ShardIndex:
         """Where each member of a shard lies, for ranged reads (:mod:`~s3exchange.shard_index`).
 
@@ -630,71 +450,24 @@ class S3ExchangeStore:
         another tool, or replaced since) is indexed by :meth:`scan_shard_index`, a pass over
         the whole archive, with a warning: ``s3exchange index`` stores the index once.
         """
-        index = self.stored_shard_index(entry)
-        if index is None:
-            log.warning(
-                "shard %r has no index (or one of another version of the archive): reading "
-                "the whole archive once to index it (`s3exchange index` stores an index)",
-                entry["archive_key"],
-            )
-            index = self.scan_shard_index(entry)
-        return index
+        return shard_access.read_shard_index(self, entry)
 
     def stored_shard_index(self, entry: ShardEntry) -> ShardIndex | None:
         """The shard's index as stored (the entry's ``index_key``, else the key beside the
         archive), or None when there is none or it describes an archive with another ETag than
         the one the entry records."""
-        key = entry.get("index_key") or index_key_for(entry["archive_key"])
-        try:
-            data, _ = self._reconnecting(
-                key, lambda: self._bucket.read_object(key, retry=self.read_retry)
-            )
-        except ObjectNotFoundError:
-            return None
-        index = parse_index(data.splitlines(keepends=True), index_key=key)
-        listed = entry.get("etag")
-        if listed and index.etag and listed.strip('"') != index.etag.strip('"'):
-            return None
-        return index
+        return shard_access.stored_shard_index(self, entry)
 
     def write_shard_index(self, index: ShardIndex) -> str:
         """Store ``index`` beside its archive (e.g. one :meth:`scan_shard_index` made); returns
         its key."""
-        key = index_key_for(index.archive_key)
-        self._bucket.put(key, dumps_index(index), content_type=MANIFEST_CONTENT_TYPE)
-        return key
+        return shard_access.write_shard_index(self, index)
 
     def scan_shard_index(self, entry: ShardEntry) -> ShardIndex:
         """A shard's index made by streaming its archive once, checking every member (its
         recorded checksum, or a crc32c computed and recorded here). A whole-stream .tar.gz
         has no flush points, so its index is not :attr:`~ShardIndex.seekable`."""
-        archive = entry["archive_key"]
-        compression = entry.get("compression")
-        members: list[FileEntry] = []
-        spans: list[MemberSpan] = []
-        with self._open_archive(entry) as stream:
-            for member in iter_shard(
-                stream,
-                archive_key=archive,
-                compression=compression,
-                expected_count=entry.get("count"),
-                verify=True,
-                internal_manifest_path=entry.get("internal_manifest_path", INTERNAL_MANIFEST_PATH),
-            ):
-                digest = new_digest(WRITE_CHECKSUM)
-                while chunk := member.stream.read(1 << 20):
-                    digest.update(chunk)
-                found = {k: v for k, v in member.entry.items() if k != "archive_key"}
-                found["key"] = member.entry["member_path"]
-                if not any(name in found for name in CHECKSUM_FIELDS):
-                    found[WRITE_CHECKSUM] = hexdigest(digest)
-                members.append(cast(FileEntry, found))
-                spans.append(MemberSpan(member.offset, member.offset_data))
-            etag, size = stream.etag, stream.size
-        encoded = encode_index(
-            archive, members, spans, etag=etag, size_bytes=size, compression=compression
-        )
-        return parse_index(encoded.splitlines(keepends=True), index_key=index_key_for(archive))
+        return shard_access.scan_shard_index(self, entry)
 
     def read_range(self, key: str, start: int, stop: int, *, etag: str | None = None) -> bytes:
         """Bytes ``[start, stop)`` of ``key`` in one ranged GET (the fast GET path where it
@@ -716,34 +489,7 @@ class S3ExchangeStore:
         A member of a whole-stream .tar.gz (no flush points) is streamed from the archive's
         start instead: nothing else can read it.
         """
-        if index.compression is not None and "gz_offset" not in member:
-            return self._stream_member(index, member["member_path"], verify)
-        start, stop = byte_range(member)
-        raw = (
-            b""
-            if start == stop
-            else self.read_range(index.archive_key, start, stop, etag=index.etag)
-        )
-        data = extract(member, raw, archive_key=index.archive_key)
-        if self.verify if verify is None else verify:
-            check_member(member, data, archive_key=index.archive_key)
-        return data
-
-    def _stream_member(self, index: ShardIndex, member_path: str, verify: bool | None) -> bytes:
-        entry: ShardEntry = {
-            "kind": "shard",
-            "archive_key": index.archive_key,
-            "compression": index.compression,
-        }
-        if index.etag:
-            entry["etag"] = index.etag
-        members = self.iter_shard_members(
-            entry, select=lambda _, e: e["member_path"] == member_path, verify=verify
-        )
-        with contextlib.closing(members):
-            for member in members:
-                return member.read()
-        raise ObjectNotFoundError(key=virtual_key(index.archive_key, member_path))
+        return shard_access.read_indexed_member(self, index, member, verify=verify)
 
     def read_shard_manifest(self, entry: ShardEntry) -> list[FileEntry]:
         """A shard's internal manifest, read from the head of the archive only.
@@ -756,19 +502,7 @@ class S3ExchangeStore:
     def iter_shard_manifest(self, entry: ShardEntry) -> Iterator[FileEntry]:
         """:meth:`read_shard_manifest` one entry at a time, the manifest never held whole
         (planning counts the members of shards listed without ``count`` this way)."""
-        key = entry["archive_key"]
-        with self._open_archive(entry) as stream:
-            for member in iter_internal_manifest(
-                stream, archive_key=key, compression=entry.get("compression")
-            ):
-                problem = _member_path_problem(member["member_path"])
-                if problem is not None:
-                    raise ShardReadError(
-                        archive_key=key,
-                        reason=f"internal manifest: {problem}",
-                        member_path=member["member_path"],
-                    )
-                yield member
+        return shard_access.iter_shard_manifest(self, entry)
 
     # -- shards --------------------------------------------------------------------------------
 
@@ -1002,7 +736,7 @@ class S3ExchangeStore:
             entry: ShardEntry = {
                 "kind": "shard",
                 "archive_key": archive,
-                "compression": _compression_of(archive),
+                "compression": shard_access.compression_of(archive),
             }
             return [m.get("member_path", m["key"]) for m in self.read_shard_manifest(entry)]
 
@@ -1060,7 +794,7 @@ class S3ExchangeStore:
             self._bucket,
             src,
             dst,
-            entries=self._iter_entries(src, resolve_refs),
+            entries=manifest_reads.iter_entries(self, src, resolve_refs),
             expand=self._shard_files if expand_shards else None,
             part_size=self.part_size,
         )
@@ -1071,8 +805,3 @@ def _unreachable(error: StorageError) -> bool:
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     return isinstance(error.__cause__, BotoConnectionError | ConnectionError)
-
-
-def _compression_of(archive_key: str) -> Compression:
-    """A shard's compression from its name, where no shard entry says it."""
-    return "gzip" if archive_key.endswith((".gz", ".tgz")) else None

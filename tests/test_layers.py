@@ -41,11 +41,13 @@ REQUEST_MODULES = {
     "deletion",
     "fastget",
     "http11",
+    "manifest_reads",
     "multipart",
     "parts",
     "pack_checks",
     "pack_unfinished",
     "packing",
+    "shard_access",
     "store",
     "transport",
 }
