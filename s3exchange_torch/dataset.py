@@ -62,6 +62,10 @@ same key form one unit.
 **Workers.** The dataset pickles without a boto3 client (the store rebuilds one per process),
 so ``fork`` and ``spawn`` both work; with ``spawn`` the ``transform`` must be picklable (a
 module-level function or a ``functools.partial`` of one, not a lambda).
+
+The class is ~600 lines because its options, its iteration and its resumable state share one
+set of invariants (the plan a state was taken under); what is pure lives in :mod:`.plan`,
+:mod:`.shuffle`, :mod:`.resume` and :mod:`.mixing`, the fetching in :mod:`.prefetch`.
 """
 
 from __future__ import annotations

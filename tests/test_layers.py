@@ -24,6 +24,7 @@ FORMAT_MODULES = (
     "pack_plan",
     "sample_encoding",
     "samples",
+    "shard",
     "shard_format",
     "shard_index",
     "sources",
