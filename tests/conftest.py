@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -16,6 +17,12 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
     from s3exchange import S3ExchangeStore
+
+# A suite started in the background without job control (`nohup cmd &`) inherits SIGINT
+# ignored, and so would every process it starts: the Ctrl-C tests (pack, the loader) then see
+# no KeyboardInterrupt. Restore the default so they test what a user's Ctrl-C does.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _new_bucket(client: S3Client) -> str:
