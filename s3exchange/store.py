@@ -801,7 +801,15 @@ class S3ExchangeStore:
 
 
 def _unreachable(error: StorageError) -> bool:
-    """Whether a request failed because the server could not be reached at all."""
-    from botocore.exceptions import ConnectionError as BotoConnectionError
+    """Whether a request failed because the server could not be reached at all; not a TLS
+    failure (botocore counts SSLError as a connection error), which waiting does not mend: an
+    untrusted certificate made every read wait out ``reconnect_s`` (30 s) before failing."""
+    import ssl
 
-    return isinstance(error.__cause__, BotoConnectionError | ConnectionError)
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import SSLError
+
+    cause = error.__cause__
+    if isinstance(cause, SSLError | ssl.SSLError):
+        return False
+    return isinstance(cause, BotoConnectionError | ConnectionError)

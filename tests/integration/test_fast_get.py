@@ -286,7 +286,7 @@ def test_refused_connection_is_a_storage_error(moto_server: RunningServer) -> No
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     client = _client(f"http://127.0.0.1:{port}", moto_server.s3)
-    store = S3ExchangeStore(client, "nowhere")
+    store = S3ExchangeStore(client, "nowhere", reconnect_s=0.5)  # retried, then given up
     with pytest.raises(StorageError) as err:
         store.read_file_entry({"kind": "file", "key": "a.bin"})
     assert err.value.code == "EndpointConnectionError"
@@ -565,9 +565,12 @@ def test_https_with_an_untrusted_certificate_is_an_ssl_error(
         aws_secret_access_key=s3.secret_access_key,
         config=Config(s3={"addressing_style": "path"}, proxies={}),
     )
+    began = time.monotonic()
     with pytest.raises(StorageError) as err:
         S3ExchangeStore(client, bucket).read_file_entry({"kind": "file", "key": "a.bin"})
     assert err.value.code == "SSLError"
+    # not waited out as an unreachable server would be (reconnect_s, 30 s by default)
+    assert time.monotonic() - began < 20
 
 
 # --------------------------------------------------------------------------------------------
