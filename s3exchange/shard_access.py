@@ -91,14 +91,9 @@ def _open_indexed_member(
     store: S3ExchangeStore, archive_key: str, member_path: str
 ) -> ObjectStream | None:
     """The member by a ranged GET (``If-Match`` the ETag its index records), or None."""
-    key = index_key_for(archive_key)
-    try:
-        data, _ = store._reconnecting(
-            key, lambda: store._bucket.read_object(key, retry=store.read_retry)
-        )
-    except ObjectNotFoundError:
+    index = _fetch_index(store, index_key_for(archive_key))
+    if index is None:
         return None
-    index = parse_index(data.splitlines(keepends=True), index_key=key)
     found = (index.member(i) for i in range(len(index)))  # parsed up to the one asked for
     member = next((m for m in found if m["member_path"] == member_path), None)
     if member is None or (index.compression is not None and "gz_offset" not in member):
@@ -163,18 +158,25 @@ def stored_shard_index(store: S3ExchangeStore, entry: ShardEntry) -> ShardIndex 
     """The shard's index as stored (the entry's ``index_key``, else the key beside the
     archive), or None when there is none or it describes an archive with another ETag than
     the one the entry records."""
-    key = entry.get("index_key") or index_key_for(entry["archive_key"])
+    index = _fetch_index(store, entry.get("index_key") or index_key_for(entry["archive_key"]))
+    if index is None:
+        return None
+    listed = entry.get("etag")
+    if listed and index.etag and listed.strip('"') != index.etag.strip('"'):
+        return None
+    return index
+
+
+def _fetch_index(store: S3ExchangeStore, key: str) -> ShardIndex | None:
+    """The index stored at ``key`` (one GET; its header checked, member lines parsed when
+    asked for), or None when there is none."""
     try:
         data, _ = store._reconnecting(
             key, lambda: store._bucket.read_object(key, retry=store.read_retry)
         )
     except ObjectNotFoundError:
         return None
-    index = parse_index(data.splitlines(keepends=True), index_key=key)
-    listed = entry.get("etag")
-    if listed and index.etag and listed.strip('"') != index.etag.strip('"'):
-        return None
-    return index
+    return parse_index(data.splitlines(keepends=True), index_key=key)
 
 
 def write_shard_index(store: S3ExchangeStore, index: ShardIndex) -> str:
