@@ -475,25 +475,38 @@ def _read_all(reader: Any) -> bytes:
 
 def s3torchconnector(spec: Spec) -> Result:
     """``S3IterableDataset.from_objects`` (AWS CRT client) pointed at the local endpoint."""
-    from s3torchconnector import S3ClientConfig, S3IterableDataset
+    from s3torchconnector import S3IterableDataset
+
+    options = _crt_options(spec)
+    began = time.perf_counter()
+    dataset = S3IterableDataset.from_objects(
+        _loose_uris(spec),
+        **options,
+        enable_sharding=True,  # otherwise every worker reads every object
+    )
+    return _consume(_loader(dataset, spec), spec, began)
+
+
+def _crt_options(spec: Spec) -> dict[str, Any]:
+    """s3torchconnector's ``from_objects`` options for the local endpoint. The CRT resolves
+    credentials through the default chain: the dummy keys go in the environment."""
+    from s3torchconnector import S3ClientConfig
 
     s3 = _s3(spec)
-    # The CRT resolves credentials through the default chain: give it the dummy keys.
     os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key_id
     os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_access_key
     os.environ["AWS_REGION"] = s3.region
     os.environ.pop("AWS_PROFILE", None)
-    began = time.perf_counter()
-    uris = [f"s3://{spec['bucket']}/{key}" for key in loose_keys(spec["prefix"], spec["count"])]
-    dataset = S3IterableDataset.from_objects(
-        uris,
-        region=s3.region,
-        endpoint=s3.endpoint_url,
-        transform=_read_all,
-        s3client_config=S3ClientConfig(force_path_style=True, max_attempts=2),
-        enable_sharding=True,  # otherwise every worker reads every object
-    )
-    return _consume(_loader(dataset, spec), spec, began)
+    return {
+        "region": s3.region,
+        "endpoint": s3.endpoint_url,
+        "transform": _read_all,
+        "s3client_config": S3ClientConfig(force_path_style=True, max_attempts=2),
+    }
+
+
+def _loose_uris(spec: Spec) -> list[str]:
+    return [f"s3://{spec['bucket']}/{key}" for key in loose_keys(spec["prefix"], spec["count"])]
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,22 +539,11 @@ def map_ours(spec: Spec) -> Result:
 
 def map_s3torchconnector(spec: Spec) -> Result:
     """``S3MapDataset.from_objects`` (AWS CRT client) over the same samples as loose objects."""
-    from s3torchconnector import S3ClientConfig, S3MapDataset
+    from s3torchconnector import S3MapDataset
 
-    s3 = _s3(spec)
-    os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key_id
-    os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_access_key
-    os.environ["AWS_REGION"] = s3.region
-    os.environ.pop("AWS_PROFILE", None)
+    options = _crt_options(spec)
     began = time.perf_counter()
-    uris = [f"s3://{spec['bucket']}/{key}" for key in loose_keys(spec["prefix"], spec["count"])]
-    dataset = S3MapDataset.from_objects(
-        uris,
-        region=s3.region,
-        endpoint=s3.endpoint_url,
-        transform=_read_all,
-        s3client_config=S3ClientConfig(force_path_style=True, max_attempts=2),
-    )
+    dataset = S3MapDataset.from_objects(_loose_uris(spec), **options)
     return _consume(_map_loader(dataset, spec), spec, began)
 
 
