@@ -164,6 +164,9 @@ class _Progress:
     emitted: int
     runs: tuple[Run, ...] = ()
     """The interrupted runs of this epoch this iteration resumes after (elastic resume)."""
+    num_samples: int = -1
+    """Samples in the epoch, taken once: ``num_samples`` sums every unit's count, and the
+    loader takes a state after every batch."""
     records: list[dict[str, Any]] = field(init=False)
     """``runs`` as state values, built once: the loader takes a state after every batch, and
     after a resume from 4,096 ranks x 16 workers each run holds 65,536 counts."""
@@ -465,7 +468,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         if resume is not None and resume.get("kind") != "elastic":
             self._check_resume(resume, worker_id, num_workers, total)
             emitted = int(resume["emitted"])
-        progress = _Progress(epoch, worker_id, num_workers, total, emitted, runs)
+        progress = _Progress(epoch, worker_id, num_workers, total, emitted, runs, self.num_samples)
         self._progress = progress
         return self._samples(feeds, progress, order)
 
@@ -559,7 +562,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         return {
             "seed": self._seed,
             "shuffle": self._shuffle,
-            "shuffle_buffer": self._shuffle_buffer if self._shuffle else 0,
+            "shuffle_buffer": self._buffer_size(),
             "group_by": self._group_by,
             "balance": self._balance,
             "rank": self._rank,
@@ -584,8 +587,8 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         progress = self._progress
         if progress is None:
             worker_id, num_workers = _worker()
-            progress = _Progress(self.epoch, worker_id, num_workers, -1, 0)
-        counts = self._counts
+            samples = -1 if self._counts is None else self.num_samples
+            progress = _Progress(self.epoch, worker_id, num_workers, -1, 0, num_samples=samples)
         return {
             "version": STATE_VERSION,
             **self._config(),
@@ -594,7 +597,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             "num_workers": progress.num_workers,
             "worker_samples": progress.total,
             "emitted": progress.emitted,
-            "num_samples": -1 if counts is None else self.num_samples,
+            "num_samples": progress.num_samples,
             "runs": progress.records,
         }
 
