@@ -53,7 +53,25 @@ class SharedBytes:
         return _attach, (DupFd(self._fd), self.size)
 
 
-_PROC_FD = os.path.isdir("/proc/self/fd")
+def _proc_fd_opens() -> bool:
+    """Whether this system reopens a descriptor through ``/proc`` (sandboxes such as gVisor
+    may list ``/proc/self/fd`` yet refuse or mis-serve the open)."""
+    try:
+        fd = _anonymous_fd(1)
+    except OSError:
+        return False
+    try:
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    else:
+        try:
+            os.pwrite(own, b"\x01", 0)  # the same memory, not a copy
+            return os.pread(fd, 1, 0) == b"\x01"
+        finally:
+            os.close(own)
+    finally:
+        os.close(fd)
 
 
 def _reopen(pid: int, fd: int, size: int) -> SharedBytes:
@@ -84,3 +102,6 @@ def _anonymous_fd(size: int) -> int:
             fd = os.dup(file.fileno())
     os.ftruncate(fd, size)
     return fd
+
+
+_PROC_FD = os.path.isdir("/proc/self/fd") and _proc_fd_opens()
