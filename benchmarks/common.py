@@ -65,6 +65,28 @@ FULL = Sizes(
     slow_rounds=3,
 )
 
+NODE = Sizes(
+    shards=96,
+    shard_members=160,
+    member_bytes=100 * KIB,
+    loose_objects=8000,
+    loose_bytes=16 * KIB,
+    memory_shard_bytes=(1024 * MIB,),
+    memory_member_bytes=256 * KIB,
+    write_bytes=1024 * MIB,
+    write_member_bytes=100 * KIB,
+    manifest_entries=1_000_000,
+    plan_shards=100_000,
+    plan_ranks=4096,
+    plan_workers=16,
+    rounds=3,
+    slow_rounds=1,
+    batch_size=64,
+)
+"""A 16-core GPU node at 12 workers: 8 shards per worker (1.5 GiB, about half a second of raw
+GETs there) and batch 64, as issue 9's table was measured; FULL's 256 MiB is gone before the
+workers have started."""
+
 QUICK = Sizes(
     shards=4,
     shard_members=16,
@@ -154,7 +176,7 @@ def run_reader(spec: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
     A fresh process per measurement keeps one reader's threads, connections and heap from
     influencing the next. It runs in the repository root, so ``benchmarks`` imports as a package.
     """
-    env = dict(os.environ)
+    env = dict(os.environ, **spec.get("env", {}))
     env.setdefault("PYTHONHASHSEED", "0")
     args = [sys.executable, "-m", "benchmarks.readers", json.dumps(spec)]
     began = time.monotonic()

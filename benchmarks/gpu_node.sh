@@ -2,15 +2,58 @@
 # Issue 9's 16-core measurement in one command, for a session lent a GPU node (no package index
 # there). Here first: `bash ../shared/gpu-node/prepare.sh` (builds .dev/; add /.dev/ to
 # .git/info/exclude). Then, through the device tool with carry [".dev"]:
-#   bash benchmarks/gpu_node.sh            # shards + loose, 12 workers, CUDA copies, 3 rounds
-# Writes the table (table.txt), latest.json and the log to $OUT (default /tmp/gpu-bench).
+#   bash benchmarks/gpu_node.sh            # shards + loose, 12 workers, --node sizes, CUDA copies
+# Writes the table (table.txt), latest.json, the log (run.log) and preflight.txt to $OUT
+# (default /tmp/gpu-bench). Here, to try the script itself: NO_UNPACK=1 ARGS=--quick bash ...
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out="${OUT:-/tmp/gpu-bench}"; mkdir -p "$out" /tmp/site /tmp/bin
-tar -C /tmp/site -xJf .dev/site.tar.xz
-xz -dc .dev/weed.xz > /tmp/bin/weed && chmod +x /tmp/bin/weed
-export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/bin:$PATH"
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
-    | tee "$out/run.log"
-python -m benchmarks.run --workers "${WORKERS:-12}" --only "${ONLY:-shards,loose}" \
-    --rounds "${ROUNDS:-3}" --out "$out" 2>&1 | tee -a "$out/run.log" | tee "$out/table.txt"
+out="${OUT:-/tmp/gpu-bench}"; mkdir -p "$out"
+py=python3
+if [ -z "${NO_UNPACK:-}" ]; then
+  mkdir -p /tmp/site /tmp/bin
+  tar -C /tmp/site -xJf .dev/site.tar.xz
+  xz -dc .dev/weed.xz > /tmp/bin/weed && chmod +x /tmp/bin/weed
+  export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/bin:$PATH"
+else
+  py=python
+fi
+export PYTHONUNBUFFERED=1
+{
+  echo "nproc $(nproc)"; uname -a; df -h /dev/shm /tmp | tail -n +1; free -g | head -2
+  $py - <<'PY'
+import multiprocessing as mp, pickle, time, torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+from s3exchange_torch import shm
+print("shm through /proc:", shm._PROC_FD)
+def child(q):
+    b = shm.SharedBytes(4096); b.data[0] = 7; q.put(pickle.dumps(b)); time.sleep(2)
+ctx = mp.get_context("fork"); q = ctx.Queue(); p = ctx.Process(target=child, args=(q,)); p.start()
+try:
+    print("cross-process open:", int(pickle.loads(q.get(timeout=10)).data[0]) == 7)
+except Exception as exc:
+    print("cross-process open FAILED:", type(exc).__name__, exc)
+p.join()
+PY
+} 2>&1 | tee "$out/preflight.txt"
+set -o pipefail
+if [ "${MODE:-suite}" = suite ]; then
+  timeout "${LIMIT_S:-500}" $py -m benchmarks.run --workers "${WORKERS:-12}" \
+      --only "${ONLY:-shards,loose}" ${ARGS:---node} --out "$out" 2>&1 | tee "$out/run.log"
+  exit
+fi
+# MODE=sweep: which settings move the 12-worker figures (benchmarks/sweep.py), then a py-spy
+# profile of the loader when .dev/py-spy was carried (ptrace may be refused in a sandbox).
+heap='env={"MALLOC_TRIM_THRESHOLD_":"67108864","MALLOC_MMAP_THRESHOLD_":"4194304"}'
+w="${WORKERS:-12}"; sizes="${ARGS:---node}"
+timeout 200 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
+    raw_get loader "loader $heap" "loader prefetch_shards=0" "loader prefetch_shards=0 $heap" \
+    "loader verify=false $heap" "loader switch_interval=0.02 $heap" \
+    ours_default "ours_default $heap" webdataset 2>&1 | tee "$out/sweep-shards.log" || true
+timeout 150 $py -m benchmarks.sweep --scenario loose --workers "$w" $sizes --out "$out/loose" \
+    s3torchconnector ours "ours io_threads=8" "ours io_threads=4" "ours $heap" loader \
+    sequential 2>&1 | tee "$out/sweep-loose.log" || true
+if [ -x .dev/py-spy ]; then
+  cp .dev/py-spy /tmp/bin/py-spy 2>/dev/null || true
+  timeout 100 $py -m benchmarks.profiling --workers "$w" $sizes --rate 100 --set reader=loader --set epochs=3 \
+      --out "$out/profile" 2>&1 | tail -60 | tee "$out/profile.log" || true
+fi

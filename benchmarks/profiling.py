@@ -35,7 +35,7 @@ if not __package__:  # run as a file, ``benchmarks`` is not importable: say how 
     sys.exit("run from the repository root as: python -m benchmarks.profiling [options]")
 
 from benchmarks import datagen
-from benchmarks.common import BUCKET, FULL, QUICK, RESULT_PREFIX, ROOT
+from benchmarks.common import BUCKET, FULL, NODE, QUICK, RESULT_PREFIX, ROOT
 from s3exchange import S3ExchangeStore
 from s3exchange.testing import FaultProxy, start_seaweedfs
 
@@ -195,7 +195,9 @@ def _value(text: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling", description=__doc__)
     parser.add_argument("--scenario", choices=("shards", "loose"), default="shards")
-    parser.add_argument("--quick", action="store_true")
+    sizes_group = parser.add_mutually_exclusive_group()
+    sizes_group.add_argument("--quick", action="store_true")
+    sizes_group.add_argument("--node", action="store_true", help="the GPU node's sizes")
     parser.add_argument("--ttfb-ms", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
         parser.error("py-spy is not installed: pip install py-spy")
-    sizes = QUICK if args.quick else FULL
+    sizes = QUICK if args.quick else NODE if args.node else FULL
     options = {key: _value(value) for key, value in (item.split("=", 1) for item in args.set)}
     server = start_seaweedfs()
     proxy: FaultProxy | None = None
@@ -253,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         raw = args.out / f"{name}.txt"
         with tempfile.TemporaryDirectory() as scratch:
-            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+            env = dict(os.environ, PYTHONPATH=path)
             command = [py_spy, "record", "--subprocesses", "--threads", "--rate", str(args.rate)]
             command += ["--gil"] if args.gil else []
             command += ["--format", "raw", "--output", str(raw), "--"]

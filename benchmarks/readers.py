@@ -278,7 +278,8 @@ def ours(spec: Spec) -> Result:
     """S3ExchangeIterableDataset over a manifest of shards or loose files, in a DataLoader."""
     began = time.perf_counter()
     dataset = _ours_dataset(spec, _store(spec))
-    return _consume(_loader(dataset, spec), spec, began)
+    setup_s = time.perf_counter() - began  # client + manifest resolved: part of first_batch_s
+    return _consume(_loader(dataset, spec), spec, began, setup_s=setup_s)
 
 
 def loader(spec: Spec) -> Result:
@@ -292,6 +293,7 @@ def loader(spec: Spec) -> Result:
         return {"skipped": f"not available: {exc}"}
     began = time.perf_counter()
     dataset = _ours_dataset(spec, _store(spec))
+    setup_s = time.perf_counter() - began
     device = _device(spec)
     with S3ExchangeLoader(
         dataset,
@@ -302,7 +304,7 @@ def loader(spec: Spec) -> Result:
         prefetch_batches=2,
     ) as batches:
         epochs = chain.from_iterable(batches for _ in range(int(spec.get("epochs", 1))))
-        return _consume(epochs, spec, began)
+        return _consume(epochs, spec, began, setup_s=setup_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,12 +716,33 @@ READERS: dict[str, Callable[[Spec], Result]] = {
 }
 
 
+_CPU_FIELDS = ("user", "system", "children_user", "children_system")
+"""CPU of the reader's process and its reaped workers: ``cores`` = that over ``elapsed_s`` says
+whether a reader was CPU-bound (about ``workers`` + 1) or waiting."""
+
+
+def _minor_faults() -> int:
+    """Page faults of this process and its reaped workers (fresh memory touched)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return own + resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+
+
 def main(argv: list[str]) -> int:
     spec: Spec = json.loads(argv[1])
     torch.set_num_threads(1)
     if "switch_interval" in spec:  # inherited by forked DataLoader workers
         sys.setswitchinterval(float(spec["switch_interval"]))
+    before = os.times()
+    faults = _minor_faults()
     result = READERS[spec["reader"]](spec)
+    after = os.times()  # DataLoader workers are joined by now: their CPU is in children_*
+    cpu_s = sum(getattr(after, f) - getattr(before, f) for f in _CPU_FIELDS)
+    if result.get("elapsed_s"):
+        result["cpu_s"] = round(cpu_s, 3)
+        result["cores"] = round(cpu_s / result["elapsed_s"], 2)
+        result["minor_faults"] = _minor_faults() - faults
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 

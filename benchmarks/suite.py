@@ -22,6 +22,7 @@ from benchmarks.common import (
     BUCKET,
     FULL,
     MIB,
+    NODE,
     QUICK,
     ROOT,
     Sizes,
@@ -159,6 +160,8 @@ def _brief(result: dict[str, Any]) -> str:
     if "samples_per_s" not in result:
         return f"{result.get('elapsed_s', 0):.3f} s"
     shown = f"{result['samples_per_s']:,.0f} samples/s, {result['mb_per_s']:,.1f} MB/s"
+    if "cores" in result:
+        shown += f", {result['cores']:.1f} cores"
     if "rss_growth" in result:
         shown += f", RSS +{result['rss_growth'] / MIB:.1f} MiB"
     return shown
@@ -516,7 +519,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.run",
         description="s3exchange vs webdataset, raw boto3 and s3torchconnector on SeaweedFS",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (< 90 s)")
+    size_group = parser.add_mutually_exclusive_group()
+    size_group.add_argument("--quick", action="store_true", help="tiny sizes, one round (< 90 s)")
+    size_group.add_argument(
+        "--node",
+        action="store_true",
+        help="sizes for a 16-core GPU node at 12 workers: 96 shards, batch 64, 3 rounds",
+    )
     parser.add_argument(
         "--ttfb-ms", type=float, default=30.0, help="latency added by the proxy (_ttfb scenarios)"
     )
@@ -566,7 +575,8 @@ def _cuda_available() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = Sizes(**{**sizes_dict(QUICK if args.quick else FULL), "workers": args.workers})
+    chosen = QUICK if args.quick else NODE if args.node else FULL
+    sizes = Sizes(**{**sizes_dict(chosen), "workers": args.workers})
     if args.rounds:
         sizes = Sizes(**{**sizes_dict(sizes), "rounds": args.rounds, "slow_rounds": args.rounds})
     began = time.monotonic()
@@ -589,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
         "quick": args.quick,
+        "node": args.node,
         "ttfb_ms": args.ttfb_ms,
         "workers": sizes.workers,
         "device": {"requested": args.device, "used": args.device_used},

@@ -142,6 +142,10 @@ class TestQuickRun:
             if scenario != "write" and label not in ("raw_get", "whole_shards"):
                 # every batch was copied to the GPU in GPU mode (where CUDA exists)
                 assert reader["device"].startswith(results["device"]["used"]), label
+            if scenario in ("shards", "loose"):  # how busy the CPU was, and fresh pages touched
+                for run in (r for r in reader["rounds"] if "samples_per_s" in r):
+                    assert run["cores"] > 0 and run["cpu_s"] > 0, label
+                    assert run["minor_faults"] > 0, label
         for value in results["scenarios"][scenario]["ratios"].values():
             assert value is None or _is_number(value)
 
@@ -211,3 +215,21 @@ def test_gpu_mode_copies_every_batch_to_cuda(pack: bool) -> None:
     assert result["device"].startswith("cuda")
     assert result["samples"] == 256
     assert result["bytes"] == 256 * 4096
+
+
+def test_sweep_variants_apply_settings_to_the_named_reader() -> None:
+    from benchmarks.sweep import variants
+
+    readers = {"loader": {"reader": "loader", "workers": 2}}
+    specs = variants(readers, ["loader", 'loader workers=12 env={"A":"1"} mode=fast'])
+    assert specs["loader"] == {"reader": "loader", "workers": 2}
+    assert specs['loader workers=12 env={"A":"1"} mode=fast'] == {
+        "reader": "loader",
+        "workers": 12,
+        "env": {"A": "1"},
+        "mode": "fast",
+    }
+    with pytest.raises(SystemExit, match="unknown reader 'webdataset'"):
+        variants(readers, ["webdataset"])
+    with pytest.raises(SystemExit, match="expected key=value"):
+        variants(readers, ["loader workers"])

@@ -1,0 +1,132 @@
+"""Readers with options varied, in interleaved rounds: which setting moves a figure, how much.
+
+``python -m benchmarks.sweep --scenario shards --workers 12 --node raw_get loader
+'loader prefetch_shards=0' 'loader switch_interval=0.02'``
+
+Each variant is a reader of the scenario (shards: ours, ours_default, loader, webdataset,
+raw_get; loose: ours, loader, sequential, s3torchconnector) followed by ``key=value`` spec
+overrides (values parsed as JSON where they parse). Prints one line per round and a table of
+medians (samples/s, MB/s, CPU cores busy, time to first batch); writes ``sweep.json`` to
+``--out``. Made to diagnose the GPU node's figures in one short device call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import datagen
+from benchmarks.common import BUCKET, FULL, NODE, QUICK, ROOT, Sizes, median, sizes_dict
+from benchmarks.suite import Context, alternate
+from s3exchange import S3ExchangeStore
+from s3exchange.testing import start_seaweedfs
+
+Spec = dict[str, Any]
+
+
+def _readers(ctx: Context, scenario: str) -> dict[str, Spec]:
+    """The scenario's readers by name, as the suite builds them."""
+    base = ctx.base()
+    if scenario == "shards":
+        shards = ctx.shards()
+        ours = {**base, "reader": "ours", "manifest": shards.manifest}
+        return {
+            "ours": ours,
+            "ours_default": {**ours, "collate": "default"},
+            "loader": {**ours, "reader": "loader"},
+            "webdataset": {**base, "reader": "webdataset", "archive_keys": shards.archive_keys},
+            "raw_get": {
+                **base,
+                "reader": "raw_shards",
+                "archive_keys": shards.archive_keys,
+                "members": shards.members,
+            },
+        }
+    loose = ctx.loose()
+    where = {"prefix": loose.prefix, "count": loose.count}
+    ours = {**base, "reader": "ours", "manifest": loose.manifest}
+    return {
+        "ours": ours,
+        "loader": {**ours, "reader": "loader"},
+        "sequential": {**base, "reader": "sequential_gets", **where},
+        "s3torchconnector": {**base, "reader": "s3torchconnector", **where},
+    }
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def variants(readers: dict[str, Spec], wanted: list[str]) -> dict[str, Spec]:
+    """``"reader key=value ..."`` -> that reader's spec with the overrides, labelled as given."""
+    out: dict[str, Spec] = {}
+    for text in wanted:
+        name, *settings = text.split()
+        if name not in readers:
+            raise SystemExit(f"unknown reader {name!r}; choose from {', '.join(readers)}")
+        spec = dict(readers[name])
+        for setting in settings:
+            key, sep, value = setting.partition("=")
+            if not sep:
+                raise SystemExit(f"{setting!r}: expected key=value")
+            spec[key] = _value(value)
+        out[text] = spec
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__)
+    parser.add_argument("variants", nargs="+", help="'reader key=value ...'")
+    parser.add_argument("--scenario", choices=("shards", "loose"), default="shards")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    sizes_group = parser.add_mutually_exclusive_group()
+    sizes_group.add_argument("--quick", action="store_true")
+    sizes_group.add_argument("--node", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    chosen = QUICK if args.quick else NODE if args.node else FULL
+    sizes = Sizes(**{**sizes_dict(chosen), "workers": args.workers})
+    began = time.monotonic()
+    server = start_seaweedfs()
+    client = server.s3.client(max_pool_connections=32)
+    datagen.ensure_bucket(client, BUCKET)
+    import torch  # here only: where batches go
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ctx = Context(sizes, 0.0, server, S3ExchangeStore(client, BUCKET), device, began=began)
+    ctx.log(f"{sizes.workers} workers per reader; batches copied to: {device}")
+    try:
+        specs = variants(_readers(ctx, args.scenario), args.variants)
+        result = alternate(ctx, args.scenario, specs, args.rounds)
+    finally:
+        ctx.close()
+    print(
+        f"{'variant':60s} {'samples/s':>10s} {'MB/s':>8s} {'cores':>6s} {'faults/MB':>9s} "
+        f"{'1st batch s':>11s} {'setup s':>7s}"
+    )
+    for label, reader in result.items():
+        ok = [r for r in reader["rounds"] if "cores" in r]
+        cores = median([r["cores"] for r in ok])
+        faults = median([r["minor_faults"] / (r["bytes"] / 1e6) for r in ok if r["bytes"]])
+        setup = median([r["setup_s"] for r in ok if "setup_s" in r])
+        print(
+            f"{label:60s} {reader['samples_per_s'] or 0:10,.0f} {reader['mb_per_s'] or 0:8,.1f} "
+            f"{cores or 0:6.1f} {faults or 0:9.1f} {reader['first_batch_s'] or 0:11.3f} "
+            f"{setup or 0:7.3f}"
+            + (f"  error: {reader['error'].splitlines()[-1]}" if reader.get("error") else "")
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
