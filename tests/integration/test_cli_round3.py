@@ -113,7 +113,9 @@ def test_an_interrupted_pack_is_refused_by_verify_until_rerun(
     assert "run the same command again to finish the job" in err
     assert "'b/train.jsonl.unfinished.jsonl'" in err
     done = len(_shards(store, "b/train.jsonl.unfinished.jsonl"))
-    assert 2 <= done < 100
+    # Ctrl-C came once two shards were stored; a shard is checkpointed after it is stored, so
+    # the second may be stored but not yet listed (the rerun reuses it: its checksums match)
+    assert 1 <= done < 100
 
     err = cli.fails(EXIT_NOT_FOUND, "verify", "b/train.jsonl")
     assert "a pack into 'b/train.jsonl' has not finished" in err
