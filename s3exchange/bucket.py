@@ -147,7 +147,29 @@ class Bucket:
         self, key: str, offset: int = 0, etag: str | None = None, *, stop: int | None = None
     ) -> OpenedBody:
         """GET ``key`` from ``offset`` (to ``stop``, exclusive, if given); with ``etag``, fail
-        with ObjectChangedError if replaced."""
+        with ObjectChangedError if replaced.
+
+        Through :meth:`FastGetter.open <s3exchange.fastget.FastGetter.open>` where it can honour
+        the client's configuration (as :meth:`read_object`): botocore's ``get_object`` cost a
+        loader worker 9.5 % of its time opening 16 MB shards (py-spy, 1 worker, 2 cores).
+        """
+        fast = self._fast_getter()
+        if fast is not None:
+            try:
+                opened = fast.open(
+                    key, self.keyspace.physical(key), offset=offset, stop=stop, if_match=etag
+                )
+            except ClientError as exc:
+                if error_code(exc) not in REDIRECT_CODES:
+                    error = self._open_error(exc, key, offset, etag)
+                    raise error from (None if isinstance(error, ObjectChangedError) else exc)
+                log.debug("fast GET of %r redirected (%s); using botocore", key, error_code(exc))
+                self._fast = None
+            except BotoCoreError as exc:
+                raise translate(exc, key, "GetObject") from exc
+            else:
+                if opened is not None:
+                    return opened
         args: dict[str, Any] = {"Bucket": self.name, "Key": self.keyspace.physical(key)}
         if offset or stop is not None:
             args["Range"] = f"bytes={offset}-{'' if stop is None else stop - 1}"
@@ -156,11 +178,8 @@ class Bucket:
         try:
             response = self.client.get_object(**args)
         except ClientError as exc:
-            if etag and error_code(exc) in PRECONDITION_CODES:
-                raise ObjectChangedError(key=key, etag=etag) from None
-            if error_code(exc) == "InvalidRange" and offset:
-                raise ObjectChangedError(key=key, etag=etag) from None
-            raise translate(exc, key, "GetObject") from exc
+            error = self._open_error(exc, key, offset, etag)
+            raise error from (None if isinstance(error, ObjectChangedError) else exc)
         except BotoCoreError as exc:
             raise translate(exc, key, "GetObject") from exc
         length = response.get("ContentLength")
@@ -171,6 +190,16 @@ class Bucket:
             content_type=response.get("ContentType"),
             metadata=dict(response.get("Metadata") or {}),
         )
+
+    @staticmethod
+    def _open_error(exc: ClientError, key: str, offset: int, etag: str | None) -> Exception:
+        """A GET's error response as ours: a failed ``If-Match``, or a range past the end of
+        a resumed read, means the object changed."""
+        if etag and error_code(exc) in PRECONDITION_CODES:
+            return ObjectChangedError(key=key, etag=etag)
+        if error_code(exc) == "InvalidRange" and offset:
+            return ObjectChangedError(key=key, etag=etag)
+        return translate(exc, key, "GetObject")
 
     def read_object(
         self,

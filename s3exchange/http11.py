@@ -15,7 +15,16 @@ import threading
 from dataclasses import dataclass
 from typing import cast
 
-__all__ = ["CHUNK", "Broken", "Connection", "Pool", "Response", "read_body", "read_head"]
+__all__ = [
+    "CHUNK",
+    "Broken",
+    "Connection",
+    "Pool",
+    "Response",
+    "StreamedBody",
+    "read_body",
+    "read_head",
+]
 
 CHUNK = 1 << 20  # body read size: progress is kept per chunk when a body breaks
 _MAX_LINE = 65536
@@ -215,3 +224,70 @@ def read_body(conn: Connection, response: Response, sink: list[bytes], limit: in
         sink.append(chunk)
         remaining -= len(chunk)
     return response.keep_alive
+
+
+class StreamedBody:
+    """A body of known length read as the caller asks, straight from its socket's reader.
+
+    The connection goes back to ``pool`` once the last byte is read (when the server keeps
+    it alive and nothing is left unread); a body closed early closes its connection. A short
+    body raises ``ConnectionResetError``, a failing socket its ``OSError``: the caller (an
+    :class:`~s3exchange.body.ObjectStream`) resumes with a ranged GET.
+    """
+
+    __slots__ = ("_conn", "_pool", "_remaining", "_reusable", "_skip")
+
+    def __init__(
+        self, pool: Pool, conn: Connection, response: Response, length: int, skip: int = 0
+    ) -> None:
+        """``length`` bytes are read after skipping ``skip`` (a server that ignored ``Range``);
+        the connection is reused only if that is the whole body."""
+        self._pool = pool
+        self._conn: Connection | None = conn
+        self._remaining = length
+        self._skip = skip
+        total = response.headers.get("content-length")
+        self._reusable = response.keep_alive and total is not None and int(total) == skip + length
+        if not length and not skip:
+            self._release()
+
+    @property
+    def remaining(self) -> int:
+        """Bytes of the body not yet read."""
+        return self._remaining
+
+    def read(self, amt: int | None = None) -> bytes:
+        conn = self._conn
+        if conn is None or not self._remaining:
+            return b""
+        try:
+            while self._skip:
+                dropped = conn.file.read(min(self._skip, CHUNK))
+                if not dropped:
+                    raise ConnectionResetError(f"body ended {self._skip} bytes before the range")
+                self._skip -= len(dropped)
+            n = self._remaining if amt is None or amt < 0 else min(amt, self._remaining)
+            chunk = conn.file.read(n)
+            if not chunk:
+                raise ConnectionResetError(f"body ended {self._remaining} bytes short")
+        except (OSError, ValueError):
+            self.close()
+            raise
+        self._remaining -= len(chunk)
+        if not self._remaining:
+            self._release()
+        return chunk
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self._reusable:
+                self._pool.give(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        """Closes the connection unless the body was read to its end (then it was reused)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
