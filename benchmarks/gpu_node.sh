@@ -43,14 +43,13 @@ if [ "${MODE:-suite}" = suite ]; then
 fi
 # MODE=sweep: which settings move the 12-worker figures (benchmarks/sweep.py), then a py-spy
 # profile of the loader when .dev/py-spy was carried (ptrace may be refused in a sandbox).
-heap='env={"MALLOC_TRIM_THRESHOLD_":"67108864","MALLOC_MMAP_THRESHOLD_":"4194304"}'
 w="${WORKERS:-12}"; sizes="${ARGS:---node}"
 timeout 200 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
-    raw_get loader "loader $heap" "loader prefetch_shards=0" "loader prefetch_shards=0 $heap" \
-    "loader verify=false $heap" "loader switch_interval=0.02 $heap" \
-    ours_default "ours_default $heap" webdataset 2>&1 | tee "$out/sweep-shards.log" || true
+    raw_get loader "loader prefetch_shards=0" "loader prefetch_shards=1" "loader verify=false" \
+    "loader shuffle=false" "loader switch_interval=0.02" ours_default webdataset \
+    2>&1 | tee "$out/sweep-shards.log" || true
 timeout 150 $py -m benchmarks.sweep --scenario loose --workers "$w" $sizes --out "$out/loose" \
-    s3torchconnector ours "ours io_threads=8" "ours io_threads=4" "ours $heap" loader \
+    s3torchconnector ours ours_default "ours io_threads=8" "ours io_threads=4" loader \
     sequential 2>&1 | tee "$out/sweep-loose.log" || true
 if [ -x .dev/py-spy ]; then
   cp .dev/py-spy /tmp/bin/py-spy 2>/dev/null || true

@@ -293,9 +293,11 @@ def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
     loose = ctx.loose()
     base = ctx.base(latency)
     where = {"prefix": loose.prefix, "count": loose.count}
+    ours = {**base, "reader": "ours", "manifest": loose.manifest}
     readers = {
-        "ours": {**base, "reader": "ours", "manifest": loose.manifest},
-        "loader": {**base, "reader": "loader", "manifest": loose.manifest},
+        "ours": ours,
+        "ours_default": {**ours, "collate": "default"},
+        "loader": {**ours, "reader": "loader"},
         "sequential": {**base, "reader": "sequential_gets", **where},
         "s3torchconnector": {**base, "reader": "s3torchconnector", **where},
     }
@@ -304,7 +306,7 @@ def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
     result = alternate(ctx, name, readers, rounds)
     _raw_fractions(result, ctx.raw_get_mb_per_s.get(latency))
     pairs: dict[str, tuple[str, str, str]] = {}
-    for reader in ("ours", "loader"):
+    for reader in ("ours", "ours_default", "loader"):
         for baseline in ("sequential", "s3torchconnector"):
             pairs[f"{reader}_vs_{baseline}_samples"] = (reader, baseline, "samples_per_s")
         pairs[f"{reader}_vs_s3torchconnector_first_batch"] = (
@@ -325,8 +327,9 @@ def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
         "notes": [
             f"DataLoader readers: {ctx.sizes.workers} workers (fork), batch_size "
             f"{ctx.sizes.batch_size}; device {ctx.device}",
-            "ours: defaults (shuffle=True, io_threads=16, sha256 verified against the manifest); "
-            "loader: S3ExchangeLoader over the same dataset",
+            "ours: defaults (shuffle=True, io_threads=16, sha256 verified against the manifest) "
+            "with a list collate; ours_default: a plain DataLoader (default_collate packs the "
+            "samples, what the README teaches); loader: S3ExchangeLoader over the same dataset",
             "sequential: each worker GETs its keys one by one with boto3 (keys known up front)",
             "s3torchconnector: S3IterableDataset.from_objects(endpoint=..., "
             "S3ClientConfig(force_path_style=True), enable_sharding=True), dummy credentials "

@@ -4,10 +4,10 @@
 'loader prefetch_shards=0' 'loader switch_interval=0.02'``
 
 Each variant is a reader of the scenario (shards: ours, ours_default, loader, webdataset,
-raw_get; loose: ours, loader, sequential, s3torchconnector) followed by ``key=value`` spec
-overrides (values parsed as JSON where they parse). Prints one line per round and a table of
-medians (samples/s, MB/s, CPU cores busy, time to first batch); writes ``sweep.json`` to
-``--out``. Made to diagnose the GPU node's figures in one short device call.
+raw_get; loose: ours, ours_default, loader, sequential, s3torchconnector) followed by
+``key=value`` spec overrides (values parsed as JSON where they parse). Prints one line per
+round and a table of medians (samples/s, MB/s, CPU cores busy, time to first batch); writes
+``sweep.json`` to ``--out``. Made to diagnose the GPU node's figures in one short device call.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def _readers(ctx: Context, scenario: str) -> dict[str, Spec]:
     ours = {**base, "reader": "ours", "manifest": loose.manifest}
     return {
         "ours": ours,
+        "ours_default": {**ours, "collate": "default"},
         "loader": {**ours, "reader": "loader"},
         "sequential": {**base, "reader": "sequential_gets", **where},
         "s3torchconnector": {**base, "reader": "s3torchconnector", **where},

@@ -34,7 +34,7 @@ SCENARIOS = (
     "plan",
 )
 SHARD_READERS = ("ours", "ours_default", "loader", "webdataset", "raw_get")
-LOOSE_READERS = ("ours", "loader", "sequential", "s3torchconnector")
+LOOSE_READERS = ("ours", "ours_default", "loader", "sequential", "s3torchconnector")
 RANDOM_READERS = (
     "map_ours",
     "map_s3torchconnector",
