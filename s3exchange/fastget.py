@@ -231,7 +231,6 @@ class FastGetter:
         received = 0
         etag: str | None = None
         checksum: tuple[str, str] | None = None
-        attempts = 0  # failed requests since the last response (the client's budget)
         failures = 0  # broken bodies without progress (the resume budget)
         first, stop = byte_range if byte_range is not None else (0, None)
         sliced = False  # the server answered the ranged GET with the whole object
@@ -246,23 +245,12 @@ class FastGetter:
             elif if_match:
                 extra["If-Match"] = if_match
             try:
-                conn, response = self._request(path, extra)
-            except Broken as broken:
-                attempts += 1
-                if attempts >= self.max_attempts or not _retryable(broken.cause):
-                    raise self._connection_error(broken) from broken.cause
-                time.sleep(_RETRY_BACKOFF.delay(attempts))
-                continue
-            if response.status >= 300:
-                error = self._error(conn, response, key)
-                if (received or if_match) and response.status in (412, 416):
+                conn, response = self._respond(path, extra, key)
+            except ClientError as error:
+                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if (received or if_match) and status in (412, 416):
                     raise ObjectChangedError(key=key, etag=etag or if_match) from error
-                attempts += 1
-                if attempts >= self.max_attempts or not _retry_response(response, error):
-                    raise error
-                time.sleep(_RETRY_BACKOFF.delay(attempts))
-                continue
-            attempts = 0
+                raise
             if response.status == 200 and (received or (byte_range is not None and not sliced)):
                 parts.clear()  # the server ignored Range: start over (and slice at the end)
                 received = 0
@@ -319,23 +307,26 @@ class FastGetter:
             extra["If-Match"] = if_match
         conn, response = self._respond(path, extra, key)
         headers = response.headers
-        length = headers.get("content-length")
-        if length is None or "chunked" in headers.get("transfer-encoding", "").lower():
+        header = headers.get("content-length")
+        if header is None or "chunked" in headers.get("transfer-encoding", "").lower():
             conn.close()
             return None
-        total = int(length)
-        skip = 0
+        length = int(header)
+        skip, end = 0, length
         if response.status == 200 and extra.get("Range"):  # the server ignored Range
             skip = offset
-            total = min(total, stop) if stop is not None else total
-        streamed = StreamedBody(self._pool, conn, response, max(0, total - skip), skip)
+            end = min(length, stop) if stop is not None else length
+        wanted = max(0, end - skip)
+        streamed = StreamedBody(
+            self._pool, conn, wanted, skip, reusable=response.keep_alive and end == length
+        )
         body: StreamedBody | _CheckedBody = streamed
         checksum = None if extra.get("Range") else self._checksum_header(response)
         if checksum is not None:
             body = _CheckedBody(streamed, key, self._checksums[checksum[0]](), checksum)
         return OpenedBody(
             body=body,
-            size=offset + max(0, total - skip),
+            size=offset + wanted,
             etag=headers.get("etag"),
             content_type=headers.get("content-type"),
             metadata={
@@ -346,7 +337,8 @@ class FastGetter:
         )
 
     def _respond(self, path: str, extra: dict[str, str], key: str) -> tuple[Connection, Response]:
-        """A successful response head, after the client's retries; raises as :meth:`read`."""
+        """A successful response head, after the client's retries: botocore's ``ClientError``
+        for an error response, its connection errors once the attempts are spent."""
         attempts = 0
         while True:
             try:

@@ -238,16 +238,15 @@ class StreamedBody:
     __slots__ = ("_conn", "_pool", "_remaining", "_reusable", "_skip")
 
     def __init__(
-        self, pool: Pool, conn: Connection, response: Response, length: int, skip: int = 0
+        self, pool: Pool, conn: Connection, length: int, skip: int = 0, *, reusable: bool
     ) -> None:
         """``length`` bytes are read after skipping ``skip`` (a server that ignored ``Range``);
-        the connection is reused only if that is the whole body."""
+        ``reusable``: the server keeps the connection alive and they end its body."""
         self._pool = pool
         self._conn: Connection | None = conn
         self._remaining = length
         self._skip = skip
-        total = response.headers.get("content-length")
-        self._reusable = response.keep_alive and total is not None and int(total) == skip + length
+        self._reusable = reusable
         if not length and not skip:
             self._release()
 
