@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,20 +65,12 @@ FULL = Sizes(
     slow_rounds=3,
 )
 
-NODE = Sizes(
+NODE = replace(
+    FULL,
     shards=96,
-    shard_members=160,
-    member_bytes=100 * KIB,
     loose_objects=8000,
-    loose_bytes=16 * KIB,
     memory_shard_bytes=(1024 * MIB,),
-    memory_member_bytes=256 * KIB,
     write_bytes=1024 * MIB,
-    write_member_bytes=100 * KIB,
-    manifest_entries=1_000_000,
-    plan_shards=100_000,
-    plan_ranks=4096,
-    plan_workers=16,
     rounds=3,
     slow_rounds=1,
     batch_size=64,
@@ -154,6 +146,21 @@ def _gpus() -> list[str]:
     if not torch.cuda.is_available():
         return []
     return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+
+
+def spec_overrides(settings: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> reader spec options, values parsed as JSON where they parse
+    (``verify=false``, ``env={"A":"1"}``), else kept as strings."""
+    options: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise SystemExit(f"{setting!r}: expected key=value")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
 
 
 def sizes_dict(sizes: Sizes) -> dict[str, Any]:

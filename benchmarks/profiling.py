@@ -35,7 +35,7 @@ if not __package__:  # run as a file, ``benchmarks`` is not importable: say how 
     sys.exit("run from the repository root as: python -m benchmarks.profiling [options]")
 
 from benchmarks import datagen
-from benchmarks.common import BUCKET, FULL, NODE, QUICK, RESULT_PREFIX, ROOT
+from benchmarks.common import BUCKET, FULL, NODE, QUICK, RESULT_PREFIX, ROOT, spec_overrides
 from s3exchange import S3ExchangeStore
 from s3exchange.testing import FaultProxy, start_seaweedfs
 
@@ -185,13 +185,6 @@ def _print(summary: dict[str, Any]) -> None:
         print(f"  {pct:5.1f}  {name}")
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling", description=__doc__)
     parser.add_argument("--scenario", choices=("shards", "loose"), default="shards")
@@ -221,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if py_spy is None:
         parser.error("py-spy is not installed: pip install py-spy")
     sizes = QUICK if args.quick else NODE if args.node else FULL
-    options = {key: _value(value) for key, value in (item.split("=", 1) for item in args.set)}
+    options = spec_overrides(args.set)
     server = start_seaweedfs()
     proxy: FaultProxy | None = None
     try:

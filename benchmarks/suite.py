@@ -203,7 +203,8 @@ def _ratios(result: dict[str, Any], pairs: dict[str, tuple[str, str, str]]) -> d
     }
 
 
-def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
+def shard_readers(ctx: Context, latency: bool) -> dict[str, Spec]:
+    """The shards scenario's readers by label (also what ``benchmarks.sweep`` varies)."""
     shards = ctx.shards()
     base = ctx.base(latency)
     ours = {**base, "reader": "ours", "manifest": shards.manifest}
@@ -232,6 +233,12 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
     if latency:
         for label in ("ours_no_shuffle", "dataloader_only", "dataloader_only_packed"):
             del readers[label]
+    return readers
+
+
+def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
+    shards = ctx.shards()
+    readers = shard_readers(ctx, latency)
     name = "shards_ttfb" if latency else "shards"
     result = alternate(ctx, name, readers, ctx.sizes.rounds)
     ctx.raw_get_mb_per_s[latency] = _metric(result, "raw_get", "mb_per_s")
@@ -289,18 +296,24 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
     }
 
 
-def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
+def loose_readers(ctx: Context, latency: bool) -> dict[str, Spec]:
+    """The loose scenario's readers by label (also what ``benchmarks.sweep`` varies)."""
     loose = ctx.loose()
     base = ctx.base(latency)
     where = {"prefix": loose.prefix, "count": loose.count}
     ours = {**base, "reader": "ours", "manifest": loose.manifest}
-    readers = {
+    return {
         "ours": ours,
         "ours_default": {**ours, "collate": "default"},
         "loader": {**ours, "reader": "loader"},
         "sequential": {**base, "reader": "sequential_gets", **where},
         "s3torchconnector": {**base, "reader": "s3torchconnector", **where},
     }
+
+
+def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
+    loose = ctx.loose()
+    readers = loose_readers(ctx, latency)
     name = "loose_ttfb" if latency else "loose"
     rounds = ctx.sizes.slow_rounds if latency else ctx.sizes.rounds
     result = alternate(ctx, name, readers, rounds)

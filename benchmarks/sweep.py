@@ -3,11 +3,12 @@
 ``python -m benchmarks.sweep --scenario shards --workers 12 --node raw_get loader
 'loader prefetch_shards=0' 'loader switch_interval=0.02'``
 
-Each variant is a reader of the scenario (shards: ours, ours_default, loader, webdataset,
-raw_get; loose: ours, ours_default, loader, sequential, s3torchconnector) followed by
-``key=value`` spec overrides (values parsed as JSON where they parse). Prints one line per
-round and a table of medians (samples/s, MB/s, CPU cores busy, time to first batch); writes
-``sweep.json`` to ``--out``. Made to diagnose the GPU node's figures in one short device call.
+Each variant is a reader of the scenario, labelled as in the suite (shards: ours,
+ours_default, loader, webdataset, raw_get, ...; loose: ours, ours_default, loader, sequential,
+s3torchconnector) followed by ``key=value`` spec overrides (values parsed as JSON where they
+parse). Prints one line per round and a table of medians (samples/s, MB/s, CPU cores busy,
+time to first batch); writes ``sweep.json`` to ``--out``. Made to diagnose the GPU node's
+figures in one short device call.
 """
 
 from __future__ import annotations
@@ -17,52 +18,22 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from benchmarks import datagen
-from benchmarks.common import BUCKET, FULL, NODE, QUICK, ROOT, Sizes, median, sizes_dict
-from benchmarks.suite import Context, alternate
+from benchmarks.common import (
+    BUCKET,
+    FULL,
+    NODE,
+    QUICK,
+    ROOT,
+    Sizes,
+    median,
+    sizes_dict,
+    spec_overrides,
+)
+from benchmarks.suite import Context, Spec, alternate, loose_readers, shard_readers
 from s3exchange import S3ExchangeStore
 from s3exchange.testing import start_seaweedfs
-
-Spec = dict[str, Any]
-
-
-def _readers(ctx: Context, scenario: str) -> dict[str, Spec]:
-    """The scenario's readers by name, as the suite builds them."""
-    base = ctx.base()
-    if scenario == "shards":
-        shards = ctx.shards()
-        ours = {**base, "reader": "ours", "manifest": shards.manifest}
-        return {
-            "ours": ours,
-            "ours_default": {**ours, "collate": "default"},
-            "loader": {**ours, "reader": "loader"},
-            "webdataset": {**base, "reader": "webdataset", "archive_keys": shards.archive_keys},
-            "raw_get": {
-                **base,
-                "reader": "raw_shards",
-                "archive_keys": shards.archive_keys,
-                "members": shards.members,
-            },
-        }
-    loose = ctx.loose()
-    where = {"prefix": loose.prefix, "count": loose.count}
-    ours = {**base, "reader": "ours", "manifest": loose.manifest}
-    return {
-        "ours": ours,
-        "ours_default": {**ours, "collate": "default"},
-        "loader": {**ours, "reader": "loader"},
-        "sequential": {**base, "reader": "sequential_gets", **where},
-        "s3torchconnector": {**base, "reader": "s3torchconnector", **where},
-    }
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def variants(readers: dict[str, Spec], wanted: list[str]) -> dict[str, Spec]:
@@ -72,13 +43,7 @@ def variants(readers: dict[str, Spec], wanted: list[str]) -> dict[str, Spec]:
         name, *settings = text.split()
         if name not in readers:
             raise SystemExit(f"unknown reader {name!r}; choose from {', '.join(readers)}")
-        spec = dict(readers[name])
-        for setting in settings:
-            key, sep, value = setting.partition("=")
-            if not sep:
-                raise SystemExit(f"{setting!r}: expected key=value")
-            spec[key] = _value(value)
-        out[text] = spec
+        out[text] = {**readers[name], **spec_overrides(settings)}
     return out
 
 
@@ -105,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(sizes, 0.0, server, S3ExchangeStore(client, BUCKET), device, began=began)
     ctx.log(f"{sizes.workers} workers per reader; batches copied to: {device}")
     try:
-        specs = variants(_readers(ctx, args.scenario), args.variants)
+        readers = shard_readers if args.scenario == "shards" else loose_readers
+        specs = variants(readers(ctx, False), args.variants)
         result = alternate(ctx, args.scenario, specs, args.rounds)
     finally:
         ctx.close()
