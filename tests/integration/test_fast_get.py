@@ -1,4 +1,5 @@
-"""Whole-object GETs (``read_file_entry``): content, checks, errors, retries and timeouts.
+"""Fast-path GETs, whole objects (``read_file_entry``) and streams (``get_object``, shard
+reads): content, checks, errors, retries and timeouts.
 
 Everything runs against real servers on 127.0.0.1: moto and SeaweedFS, the fault proxy for
 broken connections, a scripted HTTP server for error statuses, and a moto server with IAM
@@ -35,7 +36,9 @@ from s3exchange import (
     S3ExchangeStore,
     StorageError,
 )
+from s3exchange.bucket import Bucket
 from s3exchange.fastget import FastGetter
+from s3exchange.keys import KeySpace
 from s3exchange.testing import LocalS3, RunningServer, start_moto
 from s3exchange.testing.proxy import Fault, FaultProxy
 from s3exchange_torch.io_threads import loose_requests_per_worker
@@ -415,6 +418,118 @@ def test_response_checksum_is_checked_when_the_client_asks(scripted: S3ExchangeS
         scripted.read_file_entry(_KEY)  # type: ignore[arg-type]
     _Scripted.checksum = digest + "-2"  # a checksum of part checksums: not checkable
     assert scripted.read_file_entry(_KEY) == _Scripted.BODY  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# streams (get_object, shard reads): FastGetter.open
+# --------------------------------------------------------------------------------------------
+
+
+def _botocore_gets(client: S3Client) -> list[str]:
+    """Keys botocore's ``get_object`` is called for from now on, the fast path's probe aside
+    (an event handler would count them too, but the fast path steps aside for one)."""
+    calls: list[str] = []
+    get_object = client.get_object
+
+    def counted(**params: Any) -> Any:
+        if not params["Key"].startswith("s3exchange-probe-"):
+            calls.append(params["Key"])
+        return get_object(**params)
+
+    client.get_object = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_streams_take_the_fast_path_and_arrive_byte_identical(
+    server: tuple[S3Client, str, RunningServer],
+) -> None:
+    client, bucket, _ = server
+    store = S3ExchangeStore(client, bucket)
+    payload = _payload(3 * MiB + 7, seed=1)
+    store.put_object("big.bin", payload)
+    store.put_object("empty.bin", b"")
+    members = [{"source": _payload(100_000, seed=i), "member_path": f"{i}.bin"} for i in range(8)]
+    shard = store.put_shard_archive("s.tar", members)  # type: ignore[arg-type]
+    calls = _botocore_gets(client)
+    with store.get_object("big.bin") as stream:
+        assert stream.size == len(payload)
+        assert stream.read(1000) + stream.read() == payload
+    with store.get_object("empty.bin") as stream:
+        assert stream.read() == b""
+    got = [member.read() for member in store.iter_shard_members(shard.entry)]
+    assert got == [member["source"] for member in members]
+    ranged = Bucket(client, bucket, KeySpace()).open("big.bin", 10, stop=MiB)
+    assert ranged.size == MiB
+    assert ranged.body.read() == payload[10:MiB]
+    assert calls == []
+
+
+def test_an_abandoned_body_leaves_no_bytes_for_the_next_request(
+    server: tuple[S3Client, str, RunningServer],
+) -> None:
+    client, bucket, _ = server
+    store = S3ExchangeStore(client, bucket)
+    payloads = {f"{i}.bin": _payload(MiB, seed=i) for i in range(3)}
+    for key, data in payloads.items():
+        store.put_object(key, data)
+    for _ in range(5):
+        for key, data in payloads.items():
+            with store.get_object(key) as stream:
+                assert stream.read(4096) == data[:4096]  # closed with most of it unread
+            with store.get_object(key) as stream:
+                assert stream.read() == data
+
+
+@pytest.mark.parametrize("kind", ["reset", "truncate", "stall"])
+def test_a_stream_broken_midway_resumes_where_it_broke(
+    flaky_store: S3ExchangeStore, proxy: FaultProxy, kind: str
+) -> None:
+    payload = _payload(3 * MiB, seed=3)
+    flaky_store.put_object("big.bin", payload)
+    proxy.inject(Fault(kind=kind, after_bytes=2 * MiB + 5, min_response_bytes=MiB, stall_s=3.0))
+    with flaky_store.get_object("big.bin") as stream:
+        assert stream.read() == payload
+        assert stream.resumes == 1
+    assert proxy.fired == 1
+
+
+def test_a_server_that_ignores_range_is_sliced(scripted: S3ExchangeStore) -> None:
+    opened = Bucket(scripted.s3_client, "scripted", KeySpace()).open("a.bin", 5, stop=12)
+    assert opened.size == 12
+    assert opened.body.read() == _Scripted.BODY[5:12]
+    assert _Scripted.seen[-1]["Range"] == "bytes=5-11"
+
+
+def test_opening_a_stream_retries_server_errors_and_refuses_a_missing_key(
+    scripted: S3ExchangeStore,
+) -> None:
+    _Scripted.script = [(503, "SlowDown"), (500, "InternalError")]
+    with scripted.get_object("a.bin") as stream:
+        assert stream.read() == _Scripted.BODY
+    assert len(_Scripted.seen) == 3
+    _Scripted.script = [(404, "NoSuchKey")]
+    with pytest.raises(ObjectNotFoundError):
+        scripted.get_object("a.bin")
+
+
+@pytest.mark.parametrize("scripted", ["when_supported"], indirect=True)
+def test_a_streamed_objects_checksum_is_checked_at_its_last_byte(
+    scripted: S3ExchangeStore,
+) -> None:
+    _Scripted.checksum = base64.b64encode(hashlib.sha256(_Scripted.BODY).digest()).decode()
+    with scripted.get_object("a.bin") as stream:
+        assert stream.read() == _Scripted.BODY
+    _Scripted.checksum = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    with scripted.get_object("a.bin") as stream, pytest.raises(IntegrityError, match="sha256"):
+        stream.read()
+
+
+def test_a_streamed_body_without_a_length_is_left_to_botocore(scripted: S3ExchangeStore) -> None:
+    _Scripted.framing = "chunked"
+    calls = _botocore_gets(scripted.s3_client)
+    with scripted.get_object("a.bin") as stream:
+        assert stream.read() == _Scripted.BODY
+    assert calls == ["a.bin"]
 
 
 # --------------------------------------------------------------------------------------------
