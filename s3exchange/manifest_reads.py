@@ -70,13 +70,8 @@ def iter_objects(
     *,
     verify: bool | None = None,
 ) -> Iterator[tuple[IO[bytes], FileEntry]]:
-    """``(stream, entry)`` for every file of a manifest, shards expanded member by member.
-
-    Lazy: one object is open at a time. Shard members are parsed from the archive's GET
-    stream; read each stream before advancing (the next member reuses the connection).
-    With ``verify`` (the store's default) sizes and checksums recorded in the manifest are
-    checked while streaming and a mismatch raises IntegrityError / ShardReadError.
-    """
+    """:meth:`S3ExchangeStore.iter_objects <s3exchange.store.S3ExchangeStore.iter_objects>`:
+    consecutive members of one archive share its GET."""
     check = store.verify if verify is None else verify
     run: list[FileEntry] = []
     for entry in store.iter_entries(manifest, True, vars):
