@@ -44,15 +44,18 @@ fi
 # MODE=sweep: which settings move the 12-worker figures (benchmarks/sweep.py), then a py-spy
 # profile of the loader when .dev/py-spy was carried (ptrace may be refused in a sandbox).
 w="${WORKERS:-12}"; sizes="${ARGS:---node}"
-timeout 200 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
+timeout 170 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
     raw_get loader "loader prefetch_shards=0" "loader prefetch_shards=1" "loader verify=false" \
     "loader shuffle=false" "loader switch_interval=0.02" ours_default webdataset \
     2>&1 | tee "$out/sweep-shards.log" || true
-timeout 150 $py -m benchmarks.sweep --scenario loose --workers "$w" $sizes --out "$out/loose" \
+timeout 120 $py -m benchmarks.sweep --scenario loose --workers "$w" $sizes --out "$out/loose" \
     s3torchconnector ours ours_default "ours io_threads=8" "ours io_threads=4" loader \
     sequential 2>&1 | tee "$out/sweep-loose.log" || true
 if [ -x .dev/py-spy ]; then
   cp .dev/py-spy /tmp/bin/py-spy 2>/dev/null || true
-  timeout 100 $py -m benchmarks.profiling --workers "$w" $sizes --rate 100 --set reader=loader --set epochs=3 \
+  timeout 90 $py -m benchmarks.profiling --workers "$w" $sizes --rate 100 --set reader=loader --set epochs=3 \
       --out "$out/profile" 2>&1 | tail -60 | tee "$out/profile.log" || true
 fi
+# Issue 15 at node scale: map-style random access against S3MapDataset, 2 rounds.
+timeout "${RANDOM_S:-130}" $py -m benchmarks.run --workers "$w" --only random --rounds 2 $sizes \
+    --out "$out/random" 2>&1 | tee "$out/random.log" || true
