@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_node.sh            # shards + loose, 12 workers, --node sizes, CUDA copies
 # Writes the table (table.txt), latest.json, the log (run.log) and preflight.txt to $OUT
 # (default /tmp/gpu-bench). Here, to try the script itself: NO_UNPACK=1 ARGS=--quick bash ...
+# MODE=sweep: settings varied + a py-spy profile; MODE=steady: the targets over EPOCHS epochs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-/tmp/gpu-bench}"; mkdir -p "$out"
@@ -33,12 +34,31 @@ try:
 except Exception as exc:
     print("cross-process open FAILED:", type(exc).__name__, exc)
 p.join()
+if torch.cuda.is_available():  # what page-locking a loader ring costs the main process
+    ring = shm.SharedBytes(40 << 20)
+    cudart = torch.cuda.cudart(); torch.ones(1).cuda(); torch.cuda.synchronize()
+    ptr = torch.frombuffer(ring.data, dtype=torch.uint8).data_ptr()
+    began = time.perf_counter(); code = cudart.cudaHostRegister(ptr, 40 << 20, 0)
+    print(f"cudaHostRegister 40 MiB: {(time.perf_counter() - began) * 1e3:.1f} ms, code {int(code)}")
+    cudart.cudaHostUnregister(ptr)
 PY
 } 2>&1 | tee "$out/preflight.txt"
 set -o pipefail
 if [ "${MODE:-suite}" = suite ]; then
   timeout "${LIMIT_S:-500}" $py -m benchmarks.run --workers "${WORKERS:-12}" \
       --only "${ONLY:-shards,loose}" ${ARGS:---node} --out "$out" 2>&1 | tee "$out/run.log"
+  exit
+fi
+if [ "${MODE}" = steady ]; then
+  # Throughput in steady state: every reader reads the data EPOCHS times (start-up paid once,
+  # the DataLoader readers' workers forked again each epoch as a plain DataLoader does).
+  e="epochs=${EPOCHS:-2}"; w="${WORKERS:-12}"; sizes="${ARGS:---node}"
+  timeout 140 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
+      "raw_get $e" "loader $e" "loader $e prefetch_shards=1" "ours_default $e" "webdataset $e" \
+      2>&1 | tee "$out/steady-shards.log" || true
+  timeout 125 $py -m benchmarks.sweep --scenario loose --workers "$w" $sizes --out "$out/loose" \
+      "s3torchconnector $e" "ours_default $e" "loader $e" "sequential $e" \
+      2>&1 | tee "$out/steady-loose.log" || true
   exit
 fi
 # MODE=sweep: which settings move the 12-worker figures (benchmarks/sweep.py), then a py-spy

@@ -84,8 +84,11 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _loader(dataset: Any, spec: Spec, batched: bool = True) -> Iterable[Any]:
-    """A DataLoader over ``dataset``, iterated ``spec["epochs"]`` times (default 1)."""
+def _loader(
+    dataset: Any, spec: Spec, batched: bool = True, *, persistent: bool = False
+) -> Iterable[Any]:
+    """A DataLoader over ``dataset``, iterated ``spec["epochs"]`` times (default 1); its workers
+    are forked again each epoch, as a plain ``DataLoader`` does, unless ``persistent``."""
     workers = int(spec.get("workers", 2))
     batch_size = spec.get("batch_size", 32) if batched else None
     collate: Callable[[Any], Any] = _as_list if batch_size is not None else _as_one_list
@@ -94,11 +97,24 @@ def _loader(dataset: Any, spec: Spec, batched: bool = True) -> Iterable[Any]:
     if spec.get("collate") == "default":  # what a plain DataLoader(ds, batch_size) does
         loader: Iterable[Any] = DataLoader(dataset, num_workers=workers, batch_size=batch_size)
         return chain.from_iterable(loader for _ in range(int(spec.get("epochs", 1))))
-    loader = DataLoader(dataset, num_workers=workers, batch_size=batch_size, collate_fn=collate)
+    loader = DataLoader(
+        dataset,
+        num_workers=workers,
+        batch_size=batch_size,
+        collate_fn=collate,
+        persistent_workers=persistent and workers > 0,
+    )
     return chain.from_iterable(loader for _ in range(int(spec.get("epochs", 1))))
 
 
-def _throughput(samples: int, nbytes: int, elapsed: float, **extra: Any) -> Result:
+def _throughput(
+    samples: int, nbytes: int, elapsed: float, *, first_samples: int = 0, **extra: Any
+) -> Result:
+    """Rates over the whole run; ``steady_samples_per_s`` too when the first batch's time and
+    size are given: the samples after it over the time after it, start-up left out."""
+    first = extra.get("first_batch_s")
+    if first_samples and first is not None and elapsed > first and samples > first_samples:
+        extra["steady_samples_per_s"] = (samples - first_samples) / (elapsed - first)
     return {
         "samples": samples,
         "bytes": nbytes,
@@ -153,7 +169,7 @@ def _consume(batches: Iterable[Any], spec: Spec, began: float, **extra: Any) -> 
     ``began``; a :class:`PackedBatch` (``pack_bytes``, the loader) moves as its one tensor.
     """
     device = _device(spec)
-    samples = nbytes = 0
+    samples = nbytes = first_samples = 0
     first: float | None = None
     for batch in batches:
         if isinstance(batch, PackedBatch):
@@ -171,12 +187,14 @@ def _consume(batches: Iterable[Any], spec: Spec, began: float, **extra: Any) -> 
         if first is None and count:
             _sync(device)
             first = time.perf_counter() - began
+            first_samples = samples
     _sync(device)
     return _throughput(
         samples,
         nbytes,
         time.perf_counter() - began,
         first_batch_s=first,
+        first_samples=first_samples,
         device=str(device or "cpu"),
         **extra,
     )
@@ -390,10 +408,13 @@ class _WholeShards(IterableDataset[tuple[int, int]]):
 
     def __init__(self, s3: LocalS3, bucket: str, keys: list[str], members: int) -> None:
         self.s3, self.bucket, self.keys, self.members = s3, bucket, keys, members
+        self.client: S3Client | None = None  # a worker's, made at its first epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         worker_id, workers = _worker()
-        client = _client(self.s3)
+        if self.client is None:
+            self.client = _client(self.s3)
+        client = self.client
         for key in self.keys[worker_id::workers]:
             body = client.get_object(Bucket=self.bucket, Key=key)["Body"]
             size = 0
@@ -405,17 +426,20 @@ class _WholeShards(IterableDataset[tuple[int, int]]):
 def raw_shards(spec: Spec) -> Result:
     """The ceiling: whole-shard GETs read to the end, one small item per shard to the main.
 
-    Nothing to copy to a GPU: only counts cross to the main process.
+    Nothing to copy to a GPU: only counts cross to the main process. Its workers persist
+    across epochs (and keep their clients), as the loader's do.
     """
     began = time.perf_counter()
     dataset = _WholeShards(_s3(spec), spec["bucket"], spec["archive_keys"], spec["members"])
-    samples = nbytes = 0
+    samples = nbytes = first_samples = 0
     first: float | None = None
-    for [(members, size)] in _loader(dataset, spec, batched=False):
+    for [(members, size)] in _loader(dataset, spec, batched=False, persistent=True):
         samples += members
         nbytes += size
-        first = time.perf_counter() - began if first is None else first
-    return _throughput(samples, nbytes, time.perf_counter() - began, first_batch_s=first)
+        if first is None:
+            first, first_samples = time.perf_counter() - began, samples
+    elapsed = time.perf_counter() - began
+    return _throughput(samples, nbytes, elapsed, first_batch_s=first, first_samples=first_samples)
 
 
 class _SequentialGets(IterableDataset[bytes]):
@@ -721,6 +745,29 @@ _CPU_FIELDS = ("user", "system", "children_user", "children_system")
 whether a reader was CPU-bound (about ``workers`` + 1) or waiting."""
 
 
+def _node_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine from ``/proc/stat``: with the server on the
+    same node, ``node_cores`` says whether the machine, not just the reader, was saturated."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
+def _warm_device(spec: Spec) -> None:
+    """Create the CUDA context before timing starts, as a training job has (its model is on the
+    GPU before its first batch): 0.2-0.4 s a GPU reader would otherwise pay inside its run and
+    the raw GET ceiling, which copies nothing to the GPU, would not."""
+    device = _device(spec)
+    if device is not None and device.type == "cuda":
+        torch.ones(1).to(device)
+        torch.cuda.synchronize(device)
+
+
 def _minor_faults() -> int:
     """Page faults of this process and its reaped workers (fresh memory touched)."""
     import resource
@@ -734,15 +781,19 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     if "switch_interval" in spec:  # inherited by forked DataLoader workers
         sys.setswitchinterval(float(spec["switch_interval"]))
+    _warm_device(spec)
     before = os.times()
     faults = _minor_faults()
+    node_before = _node_busy()
     result = READERS[spec["reader"]](spec)
     after = os.times()  # DataLoader workers are joined by now: their CPU is in children_*
+    node_after = _node_busy()
     cpu_s = sum(getattr(after, f) - getattr(before, f) for f in _CPU_FIELDS)
     if result.get("elapsed_s"):
         result["cpu_s"] = round(cpu_s, 3)
         result["cores"] = round(cpu_s / result["elapsed_s"], 2)
         result["minor_faults"] = _minor_faults() - faults
+        result["node_cores"] = round((node_after[0] - node_before[0]) / result["elapsed_s"], 2)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 

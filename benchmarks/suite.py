@@ -142,6 +142,9 @@ def alternate(ctx: Context, name: str, readers: dict[str, Spec], rounds: int) ->
             "samples_per_s": median([r["samples_per_s"] for r in ok if "samples_per_s" in r]),
             "mb_per_s": median([r["mb_per_s"] for r in ok if "mb_per_s" in r]),
             "first_batch_s": median([r["first_batch_s"] for r in ok if r.get("first_batch_s")]),
+            "steady_samples_per_s": median(
+                [r["steady_samples_per_s"] for r in ok if "steady_samples_per_s" in r]
+            ),
             "device": next((r["device"] for r in ok if "device" in r), None),
             "error": next((r["error"] for r in results if "error" in r), None),
             "skipped": next((r["skipped"] for r in results if "skipped" in r), None),
@@ -160,8 +163,12 @@ def _brief(result: dict[str, Any]) -> str:
     if "samples_per_s" not in result:
         return f"{result.get('elapsed_s', 0):.3f} s"
     shown = f"{result['samples_per_s']:,.0f} samples/s, {result['mb_per_s']:,.1f} MB/s"
+    if "steady_samples_per_s" in result:
+        shown += f" ({result['steady_samples_per_s']:,.0f} after the 1st batch)"
     if "cores" in result:
         shown += f", {result['cores']:.1f} cores"
+    if result.get("node_cores"):
+        shown += f" ({result['node_cores']:.1f} on the machine)"
     if "rss_growth" in result:
         shown += f", RSS +{result['rss_growth'] / MIB:.1f} MiB"
     return shown

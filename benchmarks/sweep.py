@@ -76,18 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.close()
     print(
-        f"{'variant':60s} {'samples/s':>10s} {'MB/s':>8s} {'cores':>6s} {'faults/MB':>9s} "
-        f"{'1st batch s':>11s} {'setup s':>7s}"
+        f"{'variant':44s} {'samples/s':>10s} {'steady/s':>9s} {'MB/s':>8s} {'cores':>6s} "
+        f"{'machine':>7s} {'faults/MB':>9s} {'1st batch s':>11s} {'setup s':>7s}"
     )
     for label, reader in result.items():
         ok = [r for r in reader["rounds"] if "cores" in r]
         cores = median([r["cores"] for r in ok])
+        machine = median([r["node_cores"] for r in ok if "node_cores" in r])
         faults = median([r["minor_faults"] / (r["bytes"] / 1e6) for r in ok if r["bytes"]])
         setup = median([r["setup_s"] for r in ok if "setup_s" in r])
         print(
-            f"{label:60s} {reader['samples_per_s'] or 0:10,.0f} {reader['mb_per_s'] or 0:8,.1f} "
-            f"{cores or 0:6.1f} {faults or 0:9.1f} {reader['first_batch_s'] or 0:11.3f} "
-            f"{setup or 0:7.3f}"
+            f"{label:44s} {reader['samples_per_s'] or 0:10,.0f} "
+            f"{reader['steady_samples_per_s'] or 0:9,.0f} {reader['mb_per_s'] or 0:8,.1f} "
+            f"{cores or 0:6.1f} {machine or 0:7.1f} {faults or 0:9.1f} "
+            f"{reader['first_batch_s'] or 0:11.3f} {setup or 0:7.3f}"
             + (f"  error: {reader['error'].splitlines()[-1]}" if reader.get("error") else "")
         )
     args.out.mkdir(parents=True, exist_ok=True)
