@@ -86,7 +86,7 @@ from s3exchange.keys import LiteralKey
 from s3exchange.packing import manifest_to_read
 from s3exchange.types import ManifestEntry
 
-from .heap import keep_freed_memory
+from .heap import settle_worker_memory
 from .io_threads import io_threads_for
 from .mixing import (
     MixPlan,
@@ -437,7 +437,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
     def __iter__(self) -> Iterator[Any]:
         """This worker's samples of the current epoch (or of the loaded state's epoch)."""
         if get_worker_info() is not None:  # a process that exists to load data
-            keep_freed_memory()
+            settle_worker_memory()
         return self._iter_worker(*_worker())
 
     def _iter_worker(self, worker_id: int, num_workers: int) -> Iterator[Any]:

@@ -25,7 +25,7 @@ import torch
 
 from .collate import collate_into
 from .dataset import S3ExchangeIterableDataset
-from .heap import keep_freed_memory
+from .heap import settle_worker_memory
 from .ring import Full, Restart, RingPickler, RingWriter, new_ring
 
 __all__ = ["WorkerArgs", "worker_loop"]
@@ -59,7 +59,7 @@ def worker_loop(args: WorkerArgs) -> None:
     """Run epochs on command; each batch goes into the ring, its structure into the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _die_with_parent()
-    keep_freed_memory()
+    settle_worker_memory()
     torch.set_num_threads(1)
     random.seed(args.seed + args.worker_id)
     torch.manual_seed(args.seed + args.worker_id)

@@ -1,4 +1,4 @@
-"""A data worker's heap keeps freed memory: samples reallocated after a free touch no new pages."""
+"""A data worker's memory: freed heap reused without faults, inherited objects frozen out of GC."""
 
 from __future__ import annotations
 
@@ -39,3 +39,25 @@ def test_freed_samples_are_reused_without_faulting_pages_in_again() -> None:
     # 20 MiB is 5,120 pages: trimmed by default and faulted in again, kept when asked
     assert default > 2_500, default
     assert kept < default / 4, (kept, default)
+
+
+_FREEZES = textwrap.dedent(
+    """
+    import gc
+    from s3exchange_torch.heap import settle_worker_memory
+    inherited = [(i,) for i in range(100_000)]  # what a forked worker starts with
+    settle_worker_memory()
+    settle_worker_memory()  # once per process
+    young = [[i] for i in range(1_000)]
+    print(gc.get_freeze_count(), len(gc.get_objects()))
+    """
+)
+
+
+def test_a_settled_worker_keeps_what_it_started_with_out_of_the_collectors_walks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FREEZES], capture_output=True, text=True, check=True
+    )
+    frozen, walked = map(int, done.stdout.split())
+    assert frozen >= 100_000, frozen
+    assert 1_000 <= walked < 20_000, walked  # the young objects, not the 100,000 inherited
