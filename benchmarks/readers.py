@@ -559,7 +559,9 @@ def map_ours(spec: Spec) -> Result:
     from s3exchange_torch import S3ExchangeMapDataset
 
     began = time.perf_counter()
-    dataset = S3ExchangeMapDataset(_store(spec), spec["manifest"])
+    dataset = S3ExchangeMapDataset(
+        _store(spec), spec["manifest"], io_threads=spec.get("io_threads")
+    )
     return _consume(_map_loader(dataset, spec), spec, began)
 
 

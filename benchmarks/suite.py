@@ -360,13 +360,13 @@ def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
     }
 
 
-def scenario_random(ctx: Context, latency: bool) -> dict[str, Any]:
-    """Every sample once, in a random order, through map-style datasets (issue 15)."""
+def random_readers(ctx: Context, latency: bool) -> dict[str, Spec]:
+    """The random scenario's readers by label (also what ``benchmarks.sweep`` varies)."""
     shards, loose = ctx.random_access()
     base = ctx.base(latency)
     ours = {**base, "reader": "map_ours", "manifest": shards.manifest}
     peer = {**base, "reader": "map_s3torchconnector", "prefix": loose.prefix, "count": loose.count}
-    readers = {
+    return {
         "map_ours": ours,
         "map_s3torchconnector": peer,
         "map_ours_8w": {**ours, "workers": 8},
@@ -379,6 +379,12 @@ def scenario_random(ctx: Context, latency: bool) -> dict[str, Any]:
             "members": shards.members,
         },
     }
+
+
+def scenario_random(ctx: Context, latency: bool) -> dict[str, Any]:
+    """Every sample once, in a random order, through map-style datasets (issue 15)."""
+    shards, _ = ctx.random_access()
+    readers = random_readers(ctx, latency)
     name = "random_ttfb" if latency else "random"
     rounds = ctx.sizes.slow_rounds if latency else ctx.sizes.rounds
     result = alternate(ctx, name, readers, rounds)

@@ -5,10 +5,11 @@
 
 Each variant is a reader of the scenario, labelled as in the suite (shards: ours,
 ours_default, loader, webdataset, raw_get, ...; loose: ours, ours_default, loader, sequential,
-s3torchconnector) followed by ``key=value`` spec overrides (values parsed as JSON where they
-parse). Prints one line per round and a table of medians (samples/s, MB/s, CPU cores busy,
-time to first batch); writes ``sweep.json`` to ``--out``. Made to diagnose the GPU node's
-figures in one short device call.
+s3torchconnector; random: map_ours, map_s3torchconnector, their ``_8w``, stream_ours, ...)
+followed by ``key=value`` spec overrides (values parsed as JSON where they parse). Prints one
+line per round and a table of medians (samples/s, MB/s, CPU cores busy, time to first batch);
+writes ``sweep.json`` to ``--out``. Made to diagnose the GPU node's figures in one short
+device call.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from benchmarks.common import (
     sizes_dict,
     spec_overrides,
 )
-from benchmarks.suite import Context, Spec, alternate, loose_readers, shard_readers
+from benchmarks.suite import (
+    Context,
+    Spec,
+    alternate,
+    loose_readers,
+    random_readers,
+    shard_readers,
+)
 from s3exchange import S3ExchangeStore
 from s3exchange.testing import start_seaweedfs
 
@@ -50,7 +58,7 @@ def variants(readers: dict[str, Spec], wanted: list[str]) -> dict[str, Spec]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__)
     parser.add_argument("variants", nargs="+", help="'reader key=value ...'")
-    parser.add_argument("--scenario", choices=("shards", "loose"), default="shards")
+    parser.add_argument("--scenario", choices=("shards", "loose", "random"), default="shards")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     sizes_group = parser.add_mutually_exclusive_group()
@@ -70,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(sizes, 0.0, server, S3ExchangeStore(client, BUCKET), device, began=began)
     ctx.log(f"{sizes.workers} workers per reader; batches copied to: {device}")
     try:
-        readers = shard_readers if args.scenario == "shards" else loose_readers
+        readers = {"shards": shard_readers, "loose": loose_readers, "random": random_readers}[
+            args.scenario
+        ]
         specs = variants(readers(ctx, False), args.variants)
         result = alternate(ctx, args.scenario, specs, args.rounds)
     finally:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import http.server
+import multiprocessing
+import os
 import random
 import socket
 import ssl
@@ -37,6 +40,7 @@ from s3exchange import (
     StorageError,
 )
 from s3exchange.bucket import Bucket
+from s3exchange.clients import ClientFactory
 from s3exchange.fastget import FastGetter
 from s3exchange.keys import KeySpace
 from s3exchange.testing import LocalS3, RunningServer, start_moto
@@ -835,3 +839,52 @@ def test_refreshable_credentials_are_refreshed_and_re_signed(auth_moto: _AuthMot
     time.sleep(2.5)
     assert store.read_file_entry(_AUTH_ENTRY) == _AUTH_PAYLOAD  # type: ignore[arg-type]
     assert refreshed
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountingFactory(ClientFactory):
+    """Builds clients as ClientFactory does, and says so through ``built`` (a pipe's end)."""
+
+    built: Any = None
+
+    def create(self) -> S3Client:
+        self.built.send(os.getpid())
+        return super().create()
+
+
+def _reads_on_16_threads(bucket: Bucket, key: str, done: Any) -> None:
+    """A fresh worker's first requests: 16 threads GET at once, as a map dataset's batch does."""
+    barrier = threading.Barrier(16)
+
+    def read() -> int:
+        barrier.wait()
+        return len(bucket.read_object(key, byte_range=(0, 1000))[0])
+
+    threads = [threading.Thread(target=read) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.send("done")
+
+
+def test_a_forked_process_builds_its_client_once_whatever_its_threads(
+    server: tuple[S3Client, str, RunningServer],
+) -> None:
+    client, bucket_name, _ = server
+    S3ExchangeStore(client, bucket_name).put_object("k.bin", _payload(5000))
+    built_out, built_in = multiprocessing.Pipe(duplex=False)
+    factory = _CountingFactory(ClientFactory.from_client(client).kwargs, built=built_in)
+    bucket = Bucket(client, bucket_name, KeySpace(), factory=factory)
+    context = multiprocessing.get_context("fork")
+    done_out, done_in = context.Pipe(duplex=False)
+    child = context.Process(target=_reads_on_16_threads, args=(bucket, "k.bin", done_in))
+    child.start()
+    assert done_out.poll(60), "the child's reads did not finish"
+    assert done_out.recv() == "done"
+    child.join(10)
+    assert child.exitcode == 0
+    pids = []
+    while built_out.poll(0.2):
+        pids.append(built_out.recv())
+    assert pids == [child.pid]  # 16 threads, one client (it took 27 ms of GIL each)
