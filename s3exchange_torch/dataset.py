@@ -20,11 +20,15 @@ Design, in the order a sample travels:
   loose objects on ``io_threads`` threads (by default as many as the client's connection pool
   leaves free), handing samples over in lists and in plan order.
 - **Shuffle buffer.** With ``shuffle=True`` samples also pass a buffer of ``shuffle_buffer``
-  samples (default 1000) whose RNG is seeded from ``(seed, epoch, rank, worker)``; it starts
-  emitting after 100 samples and fills up to its size while emitting, as webdataset's does. It
-  counts samples, not bytes, so its decisions never depend on the data: that is what makes
-  exact resumption possible (:mod:`s3exchange_torch.shuffle`). Memory per worker is about
-  ``shuffle_buffer`` x the mean sample size; lower it for large samples.
+  samples whose RNG is seeded from ``(seed, epoch, rank, worker)``; it starts emitting after
+  100 samples and fills up to its size while emitting, as webdataset's does. It counts
+  samples, not bytes, so its decisions never depend on the data: that is what makes exact
+  resumption possible (:mod:`s3exchange_torch.shuffle`). Memory per worker is about
+  ``shuffle_buffer`` x the mean sample size; lower it for large samples. By default it holds
+  1000 samples when the manifest has shards, whose members stream in archive order, and none
+  for loose files only: the plan already draws their order file by file, so a buffer would
+  add nothing to it and make the first batch of 64 wait for 228 files (0.70 s against
+  s3torchconnector's 0.31 s at 12 workers on the GPU node).
 - **Output.** ``transform(data, entry)`` when given, else a
   :class:`~s3exchange_torch.collate.Sample` ``(data, entry)`` tuple, which ``default_collate``
   packs into one shared-memory tensor per batch (:class:`~s3exchange_torch.collate.PackedBatch`),
@@ -104,7 +108,10 @@ from .resume import STATE_VERSION, Remainder, Run, merge_states, runs_of, worker
 from .shuffle import ResumePoint, replay, restore_buffer, shuffled
 from .units import GroupBy, Unit, resolve_units
 
-__all__ = ["STATE_VERSION", "S3ExchangeIterableDataset", "SampleTooLargeError"]
+__all__ = ["SHUFFLE_BUFFER", "STATE_VERSION", "S3ExchangeIterableDataset", "SampleTooLargeError"]
+
+SHUFFLE_BUFFER = 1000
+"""The default shuffle buffer, in samples, of a manifest with shards (webdataset's too)."""
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +199,9 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             Read once, here.
         balance: ``"pad"`` (every rank ``ceil(N / W)`` samples, a few repeated), ``"drop"``
             (``floor(N / W)``) or ``None`` (every sample exactly once, ranks may differ by one).
-        shuffle_buffer: samples in the shuffle buffer of each worker (only with ``shuffle``).
+        shuffle_buffer: samples in the shuffle buffer of each worker (only with ``shuffle``);
+            ``None``: 1000 when the manifest has shards, 0 for loose files only (see above;
+            the manifest is read to know, at the latest by ``state_dict``).
         group_by: ``None`` for a sample per file; ``"key"`` for a webdataset-style sample per
             key, never split across ranks or workers.
         io_threads, prefetch_shards, max_sample_bytes: override the store's
@@ -225,7 +234,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         rank: int | None = None,
         world_size: int | None = None,
         balance: Balance = "pad",
-        shuffle_buffer: int = 1000,
+        shuffle_buffer: int | None = None,
         group_by: GroupBy = None,
         io_threads: int | None = None,
         prefetch_shards: int | None = None,
@@ -237,7 +246,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         check_balance(balance)
         if group_by not in (None, "key"):
             raise ValueError(f"group_by must be None or 'key', got {group_by!r}")
-        if shuffle_buffer < 0:
+        if shuffle_buffer is not None and shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         self._transfer = store.config.replace(
             io_threads=io_threads,
@@ -516,7 +525,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
                 progress.worker_id,
                 progress.num_workers,
             )
-            point = replay(progress.total, self._shuffle_buffer, rng, progress.emitted)
+            point = replay(progress.total, self._buffer_size(), rng, progress.emitted)
         else:
             point = ResumePoint(progress.emitted)
         config, workers = self._transfer, progress.num_workers
@@ -541,7 +550,7 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
             )
             if buffered:
                 buffer = restore_buffer(items, point.pending)
-                items = shuffled(items, self._shuffle_buffer, rng, buffer, arrived=point.arrived)
+                items = shuffled(items, self._buffer_size(), rng, buffer, arrived=point.arrived)
             transform = self._transform
             if transform is not None:
                 for data, entry in items:
@@ -574,8 +583,15 @@ class S3ExchangeIterableDataset(IterableDataset[Any]):
         }
 
     def _buffer_size(self) -> int:
-        """Shuffle buffer slots in use: 0 when not shuffling."""
-        return self._shuffle_buffer if self._shuffle else 0
+        """Shuffle buffer slots in use: 0 when not shuffling; by default decided from the
+        resolved manifest (shards or not), once."""
+        if not self._shuffle:
+            return 0
+        if self._shuffle_buffer is None:
+            units, _ = self._resolved()
+            shards = any(isinstance(unit, dict) and unit["kind"] == "shard" for unit in units)
+            self._shuffle_buffer = SHUFFLE_BUFFER if shards else 0
+        return self._shuffle_buffer
 
     def state_dict(self) -> dict[str, Any]:
         """Where the latest iteration stands: configuration, epoch and samples delivered.

@@ -444,3 +444,21 @@ def test_io_threads_default_to_what_the_connection_pool_leaves_free(
     with caplog.at_level("WARNING", logger="s3exchange_torch.dataset"):
         assert io_threads(store_with_pool(10), 16, shard_streams=3, num_workers=1) == 16
     assert "max_pool_connections=19" in caplog.text
+
+
+def test_the_default_shuffle_buffer_is_for_shards_only(corpus: Corpus) -> None:
+    """Shards stream members in archive order, so they get a buffer; loose files are already
+    shuffled one by one by the plan, so by default they do not wait for one."""
+    loose = [e for e in corpus.store.iter_manifest_entries(corpus.manifest) if e["kind"] == "file"]
+    only_loose = S3ExchangeIterableDataset(corpus.store, loose, rank=0, world_size=1, seed=3)
+    assert only_loose.state_dict()["shuffle_buffer"] == 0
+    first = read(only_loose)
+    assert sorted(first) == sorted(str(e["id"]) for e in loose)
+    assert first != [str(e["id"]) for e in loose]  # still shuffled, by the plan
+    assert make(corpus).state_dict()["shuffle_buffer"] == 1000
+    assert make(corpus, shuffle_buffer=5).state_dict()["shuffle_buffer"] == 5
+    assert make(corpus, shuffle=False).state_dict()["shuffle_buffer"] == 0
+    chosen = S3ExchangeIterableDataset(
+        corpus.store, loose, rank=0, world_size=1, seed=3, shuffle_buffer=4
+    )
+    assert sorted(read(chosen)) == sorted(first)
