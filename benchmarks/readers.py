@@ -384,7 +384,10 @@ def _wds_dataset(spec: Spec) -> Any:
     if spec.get("wds_buffer"):
         os.environ["WDS_BUFFER"] = str(spec["wds_buffer"])
     urls = [f"s3://{spec['bucket']}/{key}" for key in spec["archive_keys"]]
-    return wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    if spec.get("wds_shuffle"):  # the sample buffer webdataset's training examples add
+        dataset = dataset.shuffle(int(spec["wds_shuffle"]))
+    return dataset
 
 
 def _wds_size(sample: dict[str, Any]) -> int | None:

@@ -227,6 +227,12 @@ def shard_readers(ctx: Context, latency: bool) -> dict[str, Spec]:
         "ours_default": {**ours, "collate": "default"},
         "loader": {**ours, "reader": "loader"},
         "webdataset": {**base, "reader": "webdataset", "archive_keys": shards.archive_keys},
+        "webdataset_shuffled": {
+            **base,
+            "reader": "webdataset",
+            "archive_keys": shards.archive_keys,
+            "wds_shuffle": 1000,
+        },
         "raw_get": {
             **base,
             "reader": "raw_shards",
@@ -238,7 +244,12 @@ def shard_readers(ctx: Context, latency: bool) -> dict[str, Spec]:
         "dataloader_only_packed": {**in_memory, "pack": True},
     }
     if latency:
-        for label in ("ours_no_shuffle", "dataloader_only", "dataloader_only_packed"):
+        for label in (
+            "ours_no_shuffle",
+            "webdataset_shuffled",
+            "dataloader_only",
+            "dataloader_only_packed",
+        ):
             del readers[label]
     return readers
 
@@ -269,6 +280,13 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
         )
     for reader in ("ours", "ours_default", "loader"):
         pairs[f"{reader}_vs_webdataset_first_batch"] = (reader, "webdataset", "first_batch_s")
+    if "webdataset_shuffled" in readers:  # both shuffling samples through a 1,000 buffer
+        for label, metric in (("samples", "samples_per_s"), ("first_batch", "first_batch_s")):
+            pairs[f"ours_default_vs_webdataset_shuffled_{label}"] = (
+                "ours_default",
+                "webdataset_shuffled",
+                metric,
+            )
     return {
         "params": {
             "shards": len(shards.archive_keys),
@@ -291,7 +309,9 @@ def scenario_shards(ctx: Context, latency: bool) -> dict[str, Any]:
             "loader: S3ExchangeLoader(dataset, batch_size, num_workers, device, "
             "prefetch_batches=2) over the same dataset; batches are PackedBatch",
             "webdataset 1.0.2: WebDataset(s3:// URLs, shardshuffle=False) with a gopen_schemes "
-            "handler returning the boto3 StreamingBody; no shuffle, no checksum",
+            "handler returning the boto3 StreamingBody; no shuffle, no checksum; "
+            "webdataset_shuffled adds .shuffle(1000) (initial 100), as its training examples "
+            "do and as ours shuffles by default",
             "raw_get: each worker GETs whole shards and reads them to the end; MB/s counts "
             "archive bytes (tar headers included), the others count member bytes; "
             "raw_get_fraction is each reader's MB/s over raw_get's",

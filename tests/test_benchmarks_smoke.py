@@ -44,7 +44,13 @@ RANDOM_READERS = (
     "whole_shards",
 )
 THROUGHPUT = {
-    "shards": (*SHARD_READERS, "ours_no_shuffle", "dataloader_only", "dataloader_only_packed"),
+    "shards": (
+        *SHARD_READERS,
+        "ours_no_shuffle",
+        "webdataset_shuffled",
+        "dataloader_only",
+        "dataloader_only_packed",
+    ),
     "shards_ttfb": SHARD_READERS,
     "loose": LOOSE_READERS,
     "loose_ttfb": LOOSE_READERS,
@@ -52,7 +58,10 @@ THROUGHPUT = {
     "random_ttfb": RANDOM_READERS,
     "write": ("ours", "raw_multipart"),
 }
-FIRST_BATCH = {"shards": ("ours", "loader", "webdataset"), "loose": ("ours", "loader")}
+FIRST_BATCH = {
+    "shards": ("ours", "loader", "webdataset", "webdataset_shuffled"),
+    "loose": ("ours", "loader"),
+}
 TARGETS = 22
 HAS_S3TORCHCONNECTOR = importlib.util.find_spec("s3torchconnector") is not None
 HAS_LOADER = hasattr(s3exchange_torch, "S3ExchangeLoader")
