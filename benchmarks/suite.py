@@ -367,7 +367,8 @@ def scenario_loose(ctx: Context, latency: bool) -> dict[str, Any]:
         "notes": [
             f"DataLoader readers: {ctx.sizes.workers} workers (fork), batch_size "
             f"{ctx.sizes.batch_size}; device {ctx.device}",
-            "ours: defaults (shuffle=True, io_threads=16, sha256 verified against the manifest) "
+            "ours: defaults (shuffle=True, which for loose files only is the plan's file order "
+            "without a sample buffer; io_threads=16; sha256 verified against the manifest) "
             "with a list collate; ours_default: a plain DataLoader (default_collate packs the "
             "samples, what the README teaches); loader: S3ExchangeLoader over the same dataset",
             "sequential: each worker GETs its keys one by one with boto3 (keys known up front)",
