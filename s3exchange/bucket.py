@@ -12,8 +12,8 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
@@ -176,24 +178,15 @@ class Bucket:
         the client's configuration (as :meth:`read_object`): botocore's ``get_object`` cost a
         loader worker 9.5 % of its time opening 16 MB shards (py-spy, 1 worker, 2 cores).
         """
-        fast = self._fast_getter()
-        if fast is not None:
-            try:
-                opened = fast.open(
-                    key, self.keyspace.physical(key), offset=offset, stop=stop, if_match=etag
-                )
-            except ClientError as exc:
-                if error_code(exc) not in REDIRECT_CODES:
-                    error = self._open_error(exc, key, offset, etag)
-                    raise error from (None if isinstance(error, ObjectChangedError) else exc)
-                log.debug("fast GET of %r redirected (%s); using botocore", key, error_code(exc))
-                self._fast = None
-            except BotoCoreError as exc:
-                raise translate(exc, key, "GetObject") from exc
-            else:
-                if opened is not None:
-                    return opened
-        args: dict[str, Any] = {"Bucket": self.name, "Key": self.keyspace.physical(key)}
+        physical = self.keyspace.physical(key)
+        opened = self._fast_get(
+            key,
+            lambda fast: fast.open(key, physical, offset=offset, stop=stop, if_match=etag),
+            lambda exc: self._open_error(exc, key, offset, etag),
+        )
+        if opened is not None:
+            return opened
+        args: dict[str, Any] = {"Bucket": self.name, "Key": physical}
         if offset or stop is not None:
             args["Range"] = f"bytes={offset}-{'' if stop is None else stop - 1}"
         if etag:
@@ -243,23 +236,14 @@ class Bucket:
         """
         if byte_range is not None and not 0 <= byte_range[0] < byte_range[1]:
             raise ValueError(f"byte_range must be a non-empty (start, stop), got {byte_range}")
-        fast = self._fast_getter()
-        if fast is not None:
-            try:
-                return fast.read(
-                    key,
-                    self.keyspace.physical(key),
-                    retry,
-                    byte_range=byte_range,
-                    if_match=if_match,
-                )
-            except ClientError as exc:
-                if error_code(exc) not in REDIRECT_CODES:
-                    raise translate(exc, key, "GetObject") from exc
-                log.debug("fast GET of %r redirected (%s); using botocore", key, error_code(exc))
-                self._fast = None  # botocore's redirector learns the bucket's region
-            except BotoCoreError as exc:
-                raise translate(exc, key, "GetObject") from exc
+        physical = self.keyspace.physical(key)
+        read = self._fast_get(
+            key,
+            lambda fast: fast.read(key, physical, retry, byte_range=byte_range, if_match=if_match),
+            lambda exc: translate(exc, key, "GetObject"),
+        )
+        if read is not None:
+            return read
         start, stop = byte_range if byte_range is not None else (0, None)
         opener = self.range_opener(key, start, stop, if_match)
         with ObjectStream(key, opener, retry=retry) as stream:
@@ -277,6 +261,30 @@ class Bucket:
             return dataclasses.replace(opened, size=size)
 
         return opener
+
+    def _fast_get(
+        self,
+        key: str,
+        call: Callable[[FastGetter], _T | None],
+        mapped: Callable[[ClientError], Exception],
+    ) -> _T | None:
+        """``call`` on this process's fast GET path, its error responses raised as ``mapped``
+        says; None when there is no fast path, ``call`` gave None, or the bucket redirected
+        (botocore's redirector learns the bucket's region: the caller goes through it)."""
+        fast = self._fast_getter()
+        if fast is None:
+            return None
+        try:
+            return call(fast)
+        except ClientError as exc:
+            if error_code(exc) not in REDIRECT_CODES:
+                error = mapped(exc)
+                raise error from (None if isinstance(error, ObjectChangedError) else exc)
+            log.debug("fast GET of %r redirected (%s); using botocore", key, error_code(exc))
+            self._fast = None
+        except BotoCoreError as exc:
+            raise translate(exc, key, "GetObject") from exc
+        return None
 
     def _fast_init(self) -> None:
         self._fast = None
