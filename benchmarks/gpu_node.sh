@@ -53,12 +53,32 @@ if [ "${MODE}" = steady ]; then
   # Throughput in steady state: every reader reads the data EPOCHS times (start-up paid once,
   # the DataLoader readers' workers forked again each epoch as a plain DataLoader does).
   e="epochs=${EPOCHS:-2}"; w="${WORKERS:-12}"; sizes="${ARGS:---node}"
-  timeout 140 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
-      "raw_get $e" "loader $e" "loader $e prefetch_shards=1" "ours_default $e" "webdataset $e" \
+  timeout 150 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
+      "raw_get $e" "loader $e" "ours_default $e" "webdataset $e" "webdataset_shuffled $e" \
       2>&1 | tee "$out/steady-shards.log" || true
   timeout 125 $py -m benchmarks.sweep --scenario loose --workers "$w" $sizes --out "$out/loose" \
       "s3torchconnector $e" "ours_default $e" "loader $e" "sequential $e" \
       2>&1 | tee "$out/steady-loose.log" || true
+  exit
+fi
+if [ "${MODE}" = diag ]; then
+  # Where the loader waits (benchmarks/waits.py), beside the raw GET ceiling, short and long runs.
+  w="${WORKERS:-12}"; sizes="${ARGS:---node}"
+  timeout "${LIMIT_S:-200}" $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes \
+      --rounds "${ROUNDS:-2}" --out "$out/shards" "raw_get epochs=2" "loader epochs=2 waits=true" \
+      "loader epochs=2 waits=true shuffle=false" "loader epochs=2 waits=true prefetch_batches=6" \
+      "loader epochs=2 waits=true device=cpu" "raw_get epochs=6" "loader epochs=6 waits=true" \
+      2>&1 | tee "$out/diag-shards.log" || true
+  exit
+fi
+if [ "${MODE}" = knobs ]; then
+  # The worker-side settings that could move the loader's share of the raw GET ceiling.
+  w="${WORKERS:-12}"; sizes="${ARGS:---node}"; e="epochs=${EPOCHS:-3}"
+  timeout "${LIMIT_S:-200}" $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes \
+      --rounds "${ROUNDS:-2}" --out "$out/shards" "raw_get $e" "loader $e" \
+      "loader $e switch_interval=0.001" "loader $e switch_interval=0.0002" \
+      "loader $e prefetch_shards=1" "loader $e transfer={\"queue_chunks\":16}" \
+      "loader $e verify=false" 2>&1 | tee "$out/knobs-shards.log" || true
   exit
 fi
 # MODE=sweep: which settings move the 12-worker figures (benchmarks/sweep.py), then a py-spy

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from benchmarks.common import MIB, RESULT_PREFIX
 from benchmarks.datagen import loose_keys
-from s3exchange import S3ExchangeStore
+from s3exchange import S3ExchangeStore, TransferConfig
 from s3exchange.shard import write_shard
 from s3exchange.testing.servers import LocalS3
 from s3exchange.types import ShardItem
@@ -63,10 +63,11 @@ def _client(s3: LocalS3, pool: int = POOL_CONNECTIONS) -> S3Client:
 
 
 def _store(spec: Spec) -> S3ExchangeStore:
-    """Our store; ``spec["pool"]`` overrides the client's connection pool size."""
-    return S3ExchangeStore(
-        _client(_s3(spec), int(spec.get("pool", POOL_CONNECTIONS))), spec["bucket"]
-    )
+    """Our store; ``spec["pool"]`` overrides the client's connection pool size, and
+    ``spec["transfer"]`` (a dict) fields of its :class:`~s3exchange.TransferConfig`."""
+    client = _client(_s3(spec), int(spec.get("pool", POOL_CONNECTIONS)))
+    config = TransferConfig(**spec["transfer"]) if spec.get("transfer") else None
+    return S3ExchangeStore(client, spec["bucket"], config=config)
 
 
 def _as_list(batch: list[Any]) -> list[Any]:
@@ -309,6 +310,11 @@ def loader(spec: Spec) -> Result:
         from s3exchange_torch import S3ExchangeLoader
     except ImportError as exc:
         return {"skipped": f"not available: {exc}"}
+    waits = None
+    if spec.get("waits"):
+        from benchmarks import waits as wait_counters
+
+        waits = wait_counters.install()
     began = time.perf_counter()
     dataset = _ours_dataset(spec, _store(spec))
     setup_s = time.perf_counter() - began
@@ -319,10 +325,13 @@ def loader(spec: Spec) -> Result:
         num_workers=int(spec.get("workers", 2)),
         device=device,
         drop_last=False,
-        prefetch_batches=2,
+        prefetch_batches=int(spec.get("prefetch_batches", 2)),
     ) as batches:
         epochs = chain.from_iterable(batches for _ in range(int(spec.get("epochs", 1))))
-        return _consume(epochs, spec, began, setup_s=setup_s)
+        result = _consume(epochs, spec, began, setup_s=setup_s)
+    if waits is not None:
+        result["waits"] = wait_counters.collect(waits)
+    return result
 
 
 # --------------------------------------------------------------------------------------------

@@ -171,6 +171,8 @@ def _brief(result: dict[str, Any]) -> str:
         shown += f" ({result['node_cores']:.1f} on the machine)"
     if "rss_growth" in result:
         shown += f", RSS +{result['rss_growth'] / MIB:.1f} MiB"
+    if "waits" in result:
+        shown += "; waits " + json.dumps(result["waits"], separators=(",", ":"))
     return shown
 
 
