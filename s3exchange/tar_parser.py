@@ -280,10 +280,11 @@ class TarReader:
         return data
 
     def read_exact(self, size: int, member: str | None) -> bytes:
-        """A whole (small) member body."""
+        """A whole member body (an extended header's when ``member`` is None)."""
         data = self._buffer.take_exact(size)
         if len(data) < size:
-            raise self.error("stream ended inside member data" + self._after(), member)
+            where = "" if member is not None else self._after()
+            raise self.error("stream ended inside member data" + where, member)
         return data
 
     def read_data(self, n: int, member: str | None) -> memoryview:

@@ -71,10 +71,10 @@ def read_file(store: S3ExchangeStore, entry: FileEntry, verify: bool | None, lim
 def _member_data(member: ShardMember, archive_key: str, limit: int) -> bytes:
     """A member's data, refused from its header size (checked against the internal manifest)
     before any of it is read when it exceeds ``limit``."""
-    size = member.stream.size
+    size = member.size
     if size > limit:
         raise SampleTooLargeError(
-            key=archive_key, size=size, limit=limit, member_path=member.stream.member_path
+            key=archive_key, size=size, limit=limit, member_path=member.member_path
         )
     return member.read()
 

@@ -674,6 +674,39 @@ def test_member_stream_reads_in_pieces_and_closes_after_moving_on() -> None:
         first.stream.read()
 
 
+def test_a_whole_read_checks_the_member_and_leaves_its_stream_at_the_end() -> None:
+    items = [{"source": bytes([i]) * 3000, "member_path": f"{i}.bin"} for i in range(3)]
+    data = write(items)  # type: ignore[arg-type]
+    members = iter_shard(io.BytesIO(data), archive_key=ARCHIVE, read_size=1000)
+    first = next(members)
+    assert (first.member_path, first.size) == ("0.bin", 3000)
+    assert first.read() == bytes([0]) * 3000  # across three 1000-byte reads
+    assert first.read() == b""
+    assert first.stream.read() == b""
+    assert [m.read() for m in members] == [bytes([1]) * 3000, bytes([2]) * 3000]
+
+    offset, _ = member_offsets(data)["1.bin"]
+    corrupt = bytearray(data)
+    corrupt[offset + 2999] ^= 0xFF  # the member's last byte
+    members = iter_shard(io.BytesIO(bytes(corrupt)), archive_key=ARCHIVE, read_size=1000)
+    assert next(members).read() == bytes([0]) * 3000
+    second = next(members)
+    with pytest.raises(ShardReadError, match="crc32c mismatch") as info:
+        second.read()
+    assert info.value.member_path == "1.bin"
+    with pytest.raises(ShardReadError, match="crc32c mismatch"):
+        next(members)  # moving on does not skip the corrupt member
+
+
+def test_a_truncated_whole_read_names_the_member() -> None:
+    data = write([{"source": b"x" * 3000, "member_path": "a.bin"}])
+    offset, _ = member_offsets(data)["a.bin"]
+    member = next(iter_shard(io.BytesIO(data[: offset + 2000]), archive_key=ARCHIVE))
+    with pytest.raises(ShardReadError, match=r"stream ended inside member data$") as info:
+        member.read()
+    assert info.value.member_path == "a.bin"
+
+
 # -- writer errors ---------------------------------------------------------------------------
 
 
