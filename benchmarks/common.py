@@ -181,15 +181,18 @@ def run_reader(spec: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
     """Run ``benchmarks.readers`` with ``spec`` in a fresh interpreter; its result or an error.
 
     A fresh process per measurement keeps one reader's threads, connections and heap from
-    influencing the next. It runs in the repository root, so ``benchmarks`` imports as a package.
+    influencing the next. It runs in the repository root, so ``benchmarks`` imports as a package;
+    ``spec["root"]`` (relative to it) runs it in another checkout instead, so that a sweep can
+    compare two versions of the library in interleaved rounds on one server.
     """
     env = dict(os.environ, **spec.get("env", {}))
+    cwd = ROOT / spec["root"] if spec.get("root") else ROOT
     env.setdefault("PYTHONHASHSEED", "0")
     args = [sys.executable, "-m", "benchmarks.readers", json.dumps(spec)]
     began = time.monotonic()
     try:
         done = subprocess.run(
-            args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}

@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_node.sh            # shards + loose, 12 workers, --node sizes, CUDA copies
 # Writes the table (table.txt), latest.json, the log (run.log) and preflight.txt to $OUT
 # (default /tmp/gpu-bench). Here, to try the script itself: NO_UNPACK=1 ARGS=--quick bash ...
-# MODE=sweep: settings varied + a py-spy profile; MODE=steady: the targets over EPOCHS epochs.
+# MODE=sweep: settings varied + a py-spy profile; MODE=steady: the targets over EPOCHS epochs;
+# MODE=diag / knobs: where the loader waits, settings; MODE=ab AB_ROOT=dir: two library versions.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-/tmp/gpu-bench}"; mkdir -p "$out"
@@ -79,6 +80,20 @@ if [ "${MODE}" = knobs ]; then
       "loader $e switch_interval=0.001" "loader $e switch_interval=0.0002" \
       "loader $e prefetch_shards=1" "loader $e transfer={\"queue_chunks\":16}" \
       "loader $e verify=false" 2>&1 | tee "$out/knobs-shards.log" || true
+  exit
+fi
+if [ "${MODE}" = ab ]; then
+  # This checkout's readers (AB_READERS) against another checkout's, interleaved on one server,
+  # raw GETs as the ceiling. AB_ROOT: e.g. `git archive C benchmarks s3exchange s3exchange_torch
+  # | tar -x -C ab-old`, with /ab-old/ in .git/info/exclude and carried beside .dev.
+  w="${WORKERS:-12}"; sizes="${ARGS:---node}"; e="epochs=${EPOCHS:-3}"
+  variants=("raw_get $e")
+  for r in ${AB_READERS:-loader}; do
+    variants+=("$r $e" "$r $e root=\"${AB_ROOT:?AB_ROOT names the other checkout}\"")
+  done
+  timeout "${LIMIT_S:-200}" $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes \
+      --rounds "${ROUNDS:-3}" --out "$out/shards" "${variants[@]}" \
+      2>&1 | tee "$out/ab-shards.log" || true
   exit
 fi
 # MODE=sweep: which settings move the 12-worker figures (benchmarks/sweep.py), then a py-spy
