@@ -696,6 +696,8 @@ def test_a_whole_read_checks_the_member_and_leaves_its_stream_at_the_end() -> No
     assert info.value.member_path == "1.bin"
     with pytest.raises(ShardReadError, match="crc32c mismatch"):
         next(members)  # moving on does not skip the corrupt member
+    with pytest.raises(ValueError, match="closed"):
+        first.stream.read()  # made after the iteration moved on: closed, as a stream would be
 
 
 def test_a_truncated_whole_read_names_the_member() -> None:
