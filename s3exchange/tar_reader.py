@@ -184,6 +184,15 @@ def _checksum_of(entry: FileEntry) -> tuple[str, str] | None:
     return None
 
 
+def _mismatch(
+    reader: TarReader, field: str, digest: str, expected: str | None, member_path: str
+) -> ShardReadError:
+    """The error of a member whose checksum is not the one its manifest records."""
+    return reader.error(
+        f"{field} mismatch: archive has {digest}, manifest says {expected}", member_path
+    )
+
+
 class ShardMemberStream(io.RawIOBase):
     """The data of one shard member, read straight from the archive stream.
 
@@ -262,9 +271,8 @@ class ShardMemberStream(io.RawIOBase):
 
     def _verify(self, digest: str) -> None:
         if digest != self._expected:
-            self._failure = self._reader.error(
-                f"{self._field} mismatch: archive has {digest}, manifest says {self._expected}",
-                self.member_path,
+            self._failure = _mismatch(
+                self._reader, self._field, digest, self._expected, self.member_path
             )
             raise self._failure
 
@@ -368,10 +376,7 @@ class ShardMember:
             field, expected = self._checksum
             digest = digest_of(field, data)
             if digest != expected:
-                self._failure = self._reader.error(
-                    f"{field} mismatch: archive has {digest}, manifest says {expected}",
-                    header.name,
-                )
+                self._failure = _mismatch(self._reader, field, digest, expected, header.name)
                 raise self._failure
         return data
 
@@ -379,7 +384,7 @@ class ShardMember:
         """Consume (and verify) whatever the caller left unread."""
         if self._failure is not None:
             raise self._failure
-        if not self._taken or self._stream is not None:
+        if not self._taken:
             self.stream._finish()
 
     def _close(self) -> None:
