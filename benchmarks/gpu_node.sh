@@ -45,15 +45,16 @@ if torch.cuda.is_available() and __import__("os").environ.get("PIN_PROBE", "1") 
 PY
 } 2>&1 | tee "$out/preflight.txt" || true
 set -o pipefail
+w="${WORKERS:-12}"; sizes="${ARGS:---node}"  # every mode: 12 workers, the node's sizes
 if [ "${MODE:-suite}" = suite ]; then
-  timeout "${LIMIT_S:-500}" $py -m benchmarks.run --workers "${WORKERS:-12}" \
-      --only "${ONLY:-shards,loose}" ${ARGS:---node} --out "$out" 2>&1 | tee "$out/run.log"
+  timeout "${LIMIT_S:-500}" $py -m benchmarks.run --workers "$w" \
+      --only "${ONLY:-shards,loose}" $sizes --out "$out" 2>&1 | tee "$out/run.log"
   exit
 fi
 if [ "${MODE}" = steady ]; then
   # Throughput in steady state: every reader reads the data EPOCHS times (start-up paid once,
   # the DataLoader readers' workers forked again each epoch as a plain DataLoader does).
-  e="epochs=${EPOCHS:-2}"; w="${WORKERS:-12}"; sizes="${ARGS:---node}"
+  e="epochs=${EPOCHS:-2}"
   timeout 150 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
       "raw_get $e" "loader $e" "ours_default $e" "webdataset $e" "webdataset_shuffled $e" \
       2>&1 | tee "$out/steady-shards.log" || true
@@ -64,7 +65,6 @@ if [ "${MODE}" = steady ]; then
 fi
 if [ "${MODE}" = diag ]; then
   # Where the loader waits (benchmarks/waits.py), beside the raw GET ceiling, short and long runs.
-  w="${WORKERS:-12}"; sizes="${ARGS:---node}"
   timeout "${LIMIT_S:-200}" $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes \
       --rounds "${ROUNDS:-2}" --out "$out/shards" "raw_get epochs=2" "loader epochs=2 waits=true" \
       "loader epochs=2 waits=true shuffle=false" "loader epochs=2 waits=true prefetch_batches=6" \
@@ -74,7 +74,7 @@ if [ "${MODE}" = diag ]; then
 fi
 if [ "${MODE}" = knobs ]; then
   # The worker-side settings that could move the loader's share of the raw GET ceiling.
-  w="${WORKERS:-12}"; sizes="${ARGS:---node}"; e="epochs=${EPOCHS:-3}"
+  e="epochs=${EPOCHS:-3}"
   timeout "${LIMIT_S:-200}" $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes \
       --rounds "${ROUNDS:-2}" --out "$out/shards" "raw_get $e" "loader $e" \
       "loader $e switch_interval=0.001" "loader $e switch_interval=0.0002" \
@@ -86,7 +86,7 @@ if [ "${MODE}" = ab ]; then
   # This checkout's readers (AB_READERS) against another checkout's, interleaved on one server,
   # raw GETs as the ceiling. AB_ROOT: e.g. `git archive C benchmarks s3exchange s3exchange_torch
   # | tar -x -C ab-old`, with /ab-old/ in .git/info/exclude and carried beside .dev.
-  w="${WORKERS:-12}"; sizes="${ARGS:---node}"; e="epochs=${EPOCHS:-3}"
+  e="epochs=${EPOCHS:-3}"
   variants=("raw_get $e")
   for r in ${AB_READERS:-loader}; do
     variants+=("$r $e" "$r $e root=\"${AB_ROOT:?AB_ROOT names the other checkout}\"")
@@ -98,7 +98,6 @@ if [ "${MODE}" = ab ]; then
 fi
 # MODE=sweep: which settings move the 12-worker figures (benchmarks/sweep.py), then a py-spy
 # profile of the loader when .dev/py-spy was carried (ptrace may be refused in a sandbox).
-w="${WORKERS:-12}"; sizes="${ARGS:---node}"
 timeout 170 $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes --out "$out/shards" \
     raw_get loader "loader prefetch_shards=0" "loader prefetch_shards=1" "loader verify=false" \
     "loader shuffle=false" "loader switch_interval=0.02" ours_default webdataset \
