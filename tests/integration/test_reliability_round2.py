@@ -484,8 +484,11 @@ def test_a_frozen_server_fails_a_read_within_the_read_budget(
     writer = S3ExchangeStore(server.s3.client(), "frozen")
     writer.s3_client.create_bucket(Bucket="frozen")
     rng = random.Random(14)
+    # 64 MiB: what is left after the freeze must exceed what the kernel can already hold for
+    # the reader (loopback buffers grow to tcp_rmem's max, 32 MiB here, plus the server's send
+    # buffer); with 8 MiB a reader under load once drained it all and never waited.
     items: list[ShardItem] = [
-        {"source": rng.randbytes(64 << 10), "member_path": f"{i:03d}.bin"} for i in range(128)
+        {"source": rng.randbytes(1 << 20), "member_path": f"{i:03d}.bin"} for i in range(64)
     ]
     entry = writer.put_shard_archive("s.tar", items).entry
     settings = S3Settings(
@@ -506,7 +509,7 @@ def test_a_frozen_server_fails_a_read_within_the_read_budget(
         with pytest.raises(StorageError, match="ReadTimeoutError"):
             for n, (stream, _) in enumerate(store.iter_objects([entry]), 1):
                 stream.read()
-                if n == 20:  # 1.2 MiB into an 8 MiB body: SIGSTOP, the process frozen
+                if n == 2:  # 2 MiB into a 64 MiB body: SIGSTOP, the process frozen
                     server.process.send_signal(signal.SIGSTOP)
                     frozen_at = time.monotonic()
     finally:
