@@ -26,7 +26,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,19 +68,7 @@ def install() -> Path:
     ring.RingWriter._wait_room = _timed("ring_wait", ring.RingWriter._wait_room)  # type: ignore[method-assign]
     prefetch_threads.ShardRead._put = _timed("queue_full", prefetch_threads.ShardRead._put)  # type: ignore[method-assign]
 
-    def chunks(self: Any) -> Iterator[Any]:
-        end = prefetch_threads._END
-        while True:
-            began = time.perf_counter()
-            item = self._queue.get()
-            _add("data_wait", time.perf_counter() - began)
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    prefetch_threads.ShardRead.chunks = chunks  # type: ignore[method-assign]
+    prefetch_threads.ShardRead._take = _timed("data_wait", prefetch_threads.ShardRead._take)  # type: ignore[method-assign]
     worker_loop = loader.worker_loop
 
     def counted_loop(args: Any) -> None:

@@ -53,7 +53,8 @@ class TransferConfig:
         chunk_samples, chunk_bytes: a shard's read-ahead thread hands samples over in lists
             of at most ``chunk_samples`` samples, or once a list holds ``chunk_bytes``
             [64, 1 MiB], so the consumer pays one thread hand-off per list, not per sample.
-        queue_chunks: lists a shard's thread may have ready before it waits [4].
+        queue_chunks: lists a shard's thread reads ahead; then it hands the rest of the
+            stream to the consumer, which reads it in its own thread [4].
         max_sample_bytes: largest shard member or loose file a worker reads: a sample is held
             whole in memory, so a bigger one is refused before a byte of it is read [256 MiB;
             a 3 GiB member of a 3 MB .tar.gz once drove a worker to 6.4 GiB RSS].

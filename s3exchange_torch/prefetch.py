@@ -3,11 +3,12 @@
 The worker's plan becomes a sequence of :class:`Job` (one unit segment each, with the members it
 still needs). :class:`Prefetcher` keeps a window of jobs in flight, in plan order:
 
-- a shard job gets a thread of its own that streams the archive's GET body through
-  :meth:`~s3exchange.S3ExchangeStore.iter_shard_members` and hands over *lists* of samples
-  (at most ``chunk_samples`` samples or ``chunk_bytes`` bytes) through a queue of
-  ``queue_chunks`` lists, so the consumer pays one thread hand-off per list, not per sample, and
-  a shard's memory is bounded by the queue, never by its size. At most ``1 + prefetch_shards``
+- a shard job gets a thread of its own that opens the archive's GET body, reads it through
+  :meth:`~s3exchange.S3ExchangeStore.iter_shard_members` in *lists* of samples (at most
+  ``chunk_samples`` samples or ``chunk_bytes`` bytes), puts the first ``queue_chunks`` lists
+  in a queue, then hands the rest of the stream to the consumer, which reads it itself when it
+  gets there (no thread hand-off per list, and no GIL contention, past the read-ahead); a
+  shard's memory is bounded by the queue, never by its size. At most ``1 + prefetch_shards``
   shards are open at once (the one being consumed and the read-ahead);
 - a loose file job is a future on a pool of ``io_threads`` daemon threads; up to
   ``2 * io_threads`` loose files are requested ahead, so per-request latency overlaps instead
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 from s3exchange import S3ExchangeStore, TransferConfig
 from s3exchange.types import FileEntry
@@ -134,7 +135,7 @@ class Prefetcher:
                 self._files += len(entries)
             self._next = next(self._jobs, None)
 
-    def _reader(self, job: Job) -> Callable[[], Iterator[list[Item]]]:
+    def _reader(self, job: Job) -> Callable[[], Generator[list[Item], None, None]]:
         store, verify, stop, config = self._store, self._verify, self._stop, self._config
         read = shard_members if self._group_by is None else shard_groups
         return lambda: read(store, job, verify, stop, config)

@@ -6,7 +6,7 @@ members sharing a key) in lists bounded by the chunk sizes, each sample held to
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, TypeAlias
 
 from s3exchange import S3ExchangeError, S3ExchangeStore, ShardReadError, TransferConfig
@@ -85,7 +85,7 @@ def shard_members(
     verify: bool | None,
     stop: threading.Event,
     config: TransferConfig,
-) -> Iterator[list[Item]]:
+) -> Generator[list[Item], None, None]:
     """A shard job's ``(data, entry)`` samples, in lists; stops reading after the last one."""
     entry: ShardEntry = job.unit  # type: ignore[assignment]
     start, end, wanted = job.start, job.stop, job.wanted
@@ -153,7 +153,7 @@ def shard_groups(
     verify: bool | None,
     stop: threading.Event,
     config: TransferConfig,
-) -> Iterator[list[Item]]:
+) -> Generator[list[Item], None, None]:
     """A grouped shard job's ``(sample, entries)`` samples, in lists."""
     entry: ShardEntry = job.unit  # type: ignore[assignment]
     archive = entry["archive_key"]
