@@ -14,7 +14,6 @@ import struct
 import tarfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .errors import ShardReadError
 from .shard_format import BLOCK, ZERO_BLOCK, member_path_problem
@@ -139,16 +138,25 @@ class _Buffer:
         return b"".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
 class Header:
-    """A data member's header after extended headers were applied."""
+    """A data member's header after extended headers were applied.
 
-    name: str
-    size: int
-    offset: int = 0
-    """Where the member's first header block (extended headers included) starts in the tar."""
-    offset_data: int = 0
-    """Where its data starts: ``tarfile``'s ``TarInfo.offset`` / ``offset_data``."""
+    A plain class with slots: one is made per member, and a frozen dataclass took 0.9 us to
+    make against 0.15.
+    """
+
+    __slots__ = ("name", "offset", "offset_data", "size")
+
+    def __init__(self, name: str, size: int, offset: int = 0, offset_data: int = 0) -> None:
+        self.name = name
+        self.size = size
+        self.offset = offset
+        """Where the member's first header block (extended headers included) starts."""
+        self.offset_data = offset_data
+        """Where its data starts: ``tarfile``'s ``TarInfo.offset`` / ``offset_data``."""
+
+    def __repr__(self) -> str:
+        return f"Header({self.name!r}, size={self.size}, offset={self.offset})"
 
 
 def _byte_sum(block: bytes) -> int:
