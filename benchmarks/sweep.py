@@ -8,8 +8,9 @@ ours_default, loader, webdataset, raw_get, ...; loose: ours, ours_default, loade
 s3torchconnector; random: map_ours, map_s3torchconnector, their ``_8w``, stream_ours, ...)
 followed by ``key=value`` spec overrides (values parsed as JSON where they parse). Prints one
 line per round and a table of medians (samples/s, MB/s, CPU cores busy, time to first batch);
-writes ``sweep.json`` to ``--out``. Made to diagnose the GPU node's figures in one short
-device call.
+writes ``sweep.json`` to ``--out``. ``--ttfb-ms`` puts the suite's latency proxy in front of
+the server, as its ``*_ttfb`` scenarios do (readers that touch no S3 are left out there).
+Made to diagnose the GPU node's figures in one short device call.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=("shards", "loose", "random"), default="shards")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--ttfb-ms", type=float, default=0.0, help="first-byte latency added by a proxy [0: none]"
+    )
     sizes_group = parser.add_mutually_exclusive_group()
     sizes_group.add_argument("--quick", action="store_true")
     sizes_group.add_argument("--node", action="store_true")
@@ -75,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # here only: where batches go
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ctx = Context(sizes, 0.0, server, S3ExchangeStore(client, BUCKET), device, began=began)
+    store = S3ExchangeStore(client, BUCKET)
+    ctx = Context(sizes, args.ttfb_ms, server, store, device, began=began)
     ctx.log(f"{sizes.workers} workers per reader; batches copied to: {device}")
     try:
         readers = {"shards": shard_readers, "loose": loose_readers, "random": random_readers}[
             args.scenario
         ]
-        specs = variants(readers(ctx, False), args.variants)
+        specs = variants(readers(ctx, args.ttfb_ms > 0), args.variants)
         result = alternate(ctx, args.scenario, specs, args.rounds)
     finally:
         ctx.close()

@@ -256,6 +256,8 @@ class TestSweep:
             "--quick",
             "--rounds",
             "1",
+            "--ttfb-ms",
+            "5",  # through the suite's latency proxy
             "--out",
             str(tmp_path),
             variant,
