@@ -7,7 +7,7 @@ still needs). :class:`Prefetcher` keeps a window of jobs in flight, in plan orde
   :meth:`~s3exchange.S3ExchangeStore.iter_shard_members` in *lists* of samples (at most
   ``chunk_samples`` samples or ``chunk_bytes`` bytes), puts the first ``queue_chunks`` lists
   in a queue, then hands the rest of the stream to the consumer, which reads it itself when it
-  gets there (no thread hand-off per list, and no GIL contention, past the read-ahead); a
+  gets there (past the read-ahead, no thread takes the GIL from it per socket read); a
   shard's memory is bounded by the queue, never by its size. At most ``1 + prefetch_shards``
   shards are open at once (the one being consumed and the read-ahead);
 - a loose file job is a future on a pool of ``io_threads`` daemon threads; up to
