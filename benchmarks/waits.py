@@ -5,7 +5,9 @@ installed (monkeypatches, in the reader's own interpreter; forked workers inheri
 
 - ``data_wait``: a worker's consumer waiting for its shard thread's next sample list (the GET
   and tar parse behind);
-- ``queue_full``: a shard thread blocked on a full queue (the consumer behind);
+- ``queue_full``: a shard thread putting a list in its queue; it waited there for the
+  consumer until the hand-over (24e97bb), and never waits since (kept, ~0, to compare
+  with earlier runs);
 - ``ring_wait``: a worker waiting for ring room (the main process behind, or busy with another
   worker in round-robin order);
 - ``main_wait``: the main process waiting for the worker whose batch is next;

@@ -22,9 +22,6 @@ from .units import loose_sample
 
 __all__ = ["DaemonPool", "LooseRead", "ShardRead"]
 
-_POLL_S = 0.1
-"""How often a thread blocked on a full queue looks at the stop event."""
-
 
 class DaemonPool:
     """A minimal thread pool of daemon threads (concurrent.futures joins its threads at exit)."""
@@ -108,7 +105,7 @@ class ShardRead:
         stop: threading.Event,
         queue_chunks: int,
     ) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(queue_chunks + 1)  # + the hand-over
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # bounded by _run: see _put
         self._ahead = queue_chunks
         self._stop = stop
         self._reader = reader
@@ -134,13 +131,13 @@ class ShardRead:
                 chunks.close()
 
     def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_POLL_S)
-            except queue.Full:
-                continue
-            return True
-        return False
+        """Queue ``item`` unless the prefetcher is closing. Never waits: the thread puts at
+        most ``queue_chunks`` lists and then one last item (the hand-over, the end or its
+        error), so the queue holds at most ``queue_chunks + 1``."""
+        if self._stop.is_set():
+            return False
+        self._queue.put(item)
+        return True
 
     def _take(self) -> Any:
         """The next thing the thread put: a chunk, the hand-over, the end or its error."""
