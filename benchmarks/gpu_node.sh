@@ -79,7 +79,7 @@ if [ "${MODE}" = knobs ]; then
       --rounds "${ROUNDS:-2}" --out "$out/shards" "raw_get $e" "loader $e" \
       "loader $e switch_interval=0.001" "loader $e switch_interval=0.0002" \
       "loader $e prefetch_shards=1" "loader $e transfer={\"queue_chunks\":16}" \
-      "loader $e verify=false" 2>&1 | tee "$out/knobs-shards.log" || true
+      "loader $e verify=false" "loader $e in_order=false" 2>&1 | tee "$out/knobs-shards.log" || true
   exit
 fi
 if [ "${MODE}" = ab ]; then
@@ -91,6 +91,7 @@ if [ "${MODE}" = ab ]; then
   for r in ${AB_READERS:-loader}; do
     variants+=("$r $e" "$r $e root=\"${AB_ROOT:?AB_ROOT names the other checkout}\"")
   done
+  variants+=("loader $e in_order=false")  # this checkout's loader taking the first ready batch
   timeout "${LIMIT_S:-200}" $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes \
       --rounds "${ROUNDS:-3}" --out "$out/shards" "${variants[@]}" \
       2>&1 | tee "$out/ab-shards.log" || true

@@ -326,6 +326,7 @@ def loader(spec: Spec) -> Result:
         device=device,
         drop_last=False,
         prefetch_batches=int(spec.get("prefetch_batches", 2)),
+        in_order=bool(spec.get("in_order", True)),
     ) as batches:
         epochs = chain.from_iterable(batches for _ in range(int(spec.get("epochs", 1))))
         result = _consume(epochs, spec, began, setup_s=setup_s)

@@ -108,6 +108,11 @@ class S3ExchangeLoader:
         multiprocessing_context: ``"fork"``, ``"spawn"`` or ``"forkserver"`` (default: the
             platform's, as ``DataLoader``).
         poll: seconds between checks that the worker being waited on is still alive.
+        in_order: batches in DataLoader's round-robin order over the workers. ``False`` (as
+            ``DataLoader(in_order=False)``): the next batch is the first one ready, preferring
+            that order, so a slow worker (a transform, a shard's first bytes) does not stall
+            the others. Each worker's batches keep their order, so :meth:`state_dict` still
+            resumes every worker exactly where it was; only the interleaving differs.
 
     Batches from ``(bytes, entry)`` samples are :class:`PackedBatch` (``.data`` one uint8
     tensor, ``.offsets``, ``.extras`` the entries). Without ``device`` a batch's tensors are
@@ -127,6 +132,7 @@ class S3ExchangeLoader:
         collate: Callable[[list[Any]], Any] | None = None,
         multiprocessing_context: str | None = None,
         poll: float = 1.0,
+        in_order: bool = True,
     ) -> None:
         if batch_size < 1 or num_workers < 0 or prefetch_batches < 1:
             raise ValueError("batch_size and prefetch_batches must be >= 1, num_workers >= 0")
@@ -139,6 +145,7 @@ class S3ExchangeLoader:
         self.collate = collate
         self._context = tmp.get_context(multiprocessing_context)
         self._poll = poll
+        self.in_order = in_order
         self._seed = int(torch.empty((), dtype=torch.int64).random_().item())
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -412,7 +419,8 @@ def _stop_workers(workers: list[_Worker], graceful: bool = True) -> None:
 
 
 class _Iteration:
-    """One epoch (or the rest of one) across the workers, in DataLoader's round-robin order."""
+    """One epoch (or the rest of one) across the workers, in DataLoader's round-robin order
+    (or, with ``in_order=False``, each batch from the first worker that has one ready)."""
 
     def __init__(self, loader: S3ExchangeLoader, resume: dict[str, Any] | None) -> None:
         self._loader = loader
@@ -439,6 +447,8 @@ class _Iteration:
                 if state["exhausted"][index]:
                     state["next_worker"] = (index + 1) % len(workers)
                     continue
+                if not self._loader.in_order:
+                    index = self._first_ready(index)
                 message = self._receive(index)
                 kind = message[0]
                 if kind == "end":
@@ -488,6 +498,25 @@ class _Iteration:
                 return message
             if worker.process.sentinel in ready or not worker.process.is_alive():
                 raise self._died(index)
+
+    def _first_ready(self, preferred: int) -> int:
+        """The first worker in round-robin order from ``preferred`` whose pipe has a message
+        (or that is gone: receiving from it then says so); waits for one."""
+        workers = self._loader._workers
+        exhausted = self._state["exhausted"]
+        count = len(workers)
+        order = [i % count for i in range(preferred, preferred + count) if not exhausted[i % count]]
+        owner: dict[Any, int] = {}
+        for index in order:
+            owner[workers[index].results] = owner[workers[index].process.sentinel] = index
+        while True:
+            ready = {owner[item] for item in mpc.wait(list(owner), timeout=self._timeout())}
+            if ready:
+                return next(index for index in order if index in ready)
+            self._drain_copies(wait=False)
+            for index in order:
+                if not workers[index].process.is_alive():
+                    return index
 
     def _timeout(self) -> float:
         return 0.002 if self._copies else self._loader._poll

@@ -195,6 +195,54 @@ def test_resume_continues_the_interrupted_sequence_exactly(corpus: Corpus, conte
     assert head + tail == full
 
 
+def _slow_in_worker_0(data: bytes, entry: Any) -> tuple[bytes, Any]:
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.id == 0:
+        time.sleep(0.04)
+    return data, entry
+
+
+def _per_worker(ds: S3ExchangeIterableDataset, workers: int) -> list[list[str]]:
+    return [[str(e["id"]) for _, e in ds._iter_worker(w, workers)] for w in range(workers)]
+
+
+def test_out_of_order_takes_the_first_ready_batch_and_keeps_each_workers_order(
+    corpus: Corpus,
+) -> None:
+    ds = make(corpus, seed=4, transform=_slow_in_worker_0)
+    expected = _per_worker(ds, 2)
+    with S3ExchangeLoader(ds, batch_size=4, num_workers=2, in_order=False) as loader:
+        batches = [ids_of(b) for b in loader]
+    owner = {sample: w for w, ids in enumerate(expected) for sample in ids}
+    sources = [owner[batch[0]] for batch in batches]
+    for batch, source in zip(batches, sources, strict=True):
+        assert {owner[sample] for sample in batch} == {source}
+    for worker in range(2):  # each worker's batches in its own order, every sample once
+        mine = (b for b, s in zip(batches, sources, strict=True) if s == worker)
+        assert list(chain(*mine)) == expected[worker]
+    assert sources[:3] == [1, 1, 1]  # worker 0 sleeps 40 ms a sample: worker 1 does not wait
+
+
+def test_out_of_order_resumes_every_worker_where_it_was(corpus: Corpus) -> None:
+    ds = make(corpus, seed=6, transform=_slow_in_worker_0)
+    with S3ExchangeLoader(ds, batch_size=3, num_workers=2, in_order=False) as a:
+        head = []
+        for batch in a:
+            head.append(ids_of(batch))
+            if len(head) == 6:
+                break
+        state = a.state_dict()
+    ds2 = make(corpus, seed=6)
+    with S3ExchangeLoader(ds2, batch_size=3, num_workers=2, in_order=False) as b:
+        b.load_state_dict(state)
+        tail = [ids_of(batch) for batch in b]
+    delivered = list(chain(*head, *tail))
+    assert Counter(delivered) == Counter(list(corpus.payloads))
+    for ids in _per_worker(ds2, 2):  # each worker continued its own sequence exactly
+        mine = set(ids)
+        assert [sample for sample in delivered if sample in mine] == ids
+
+
 def test_resume_in_process(corpus: Corpus) -> None:
     full = [ids_of(b) for b in S3ExchangeLoader(make(corpus), batch_size=9)]
     loader = S3ExchangeLoader(make(corpus), batch_size=9)
