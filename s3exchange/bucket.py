@@ -151,6 +151,11 @@ class Bucket:
         return client
 
     @property
+    def max_pool_connections(self) -> int:
+        """The client's connection pool size, read without building a client."""
+        return self._factory.max_pool_connections
+
+    @property
     def endpoint(self) -> str | None:
         """The client's endpoint URL."""
         return self.client.meta.endpoint_url
@@ -293,12 +298,14 @@ class Bucket:
     def _fast_getter(self) -> FastGetter | None:
         """This process's fast GET path for this bucket, or None to use botocore.
 
-        Decided once per process, like :attr:`client`, by the first thread to ask.
+        Decided once per process, like :attr:`client`, by the first thread to ask; a forked
+        process copies its parent's (:meth:`FastGetter.for_this_process`) where it can.
         """
         if self._fast_pid != os.getpid():
             with _ProcessSetup.lock:
                 if self._fast_pid != os.getpid():
-                    self._fast = FastGetter.for_client(self.client, self.name)
+                    inherited = self._fast.for_this_process() if self._fast is not None else None
+                    self._fast = inherited or FastGetter.for_client(self.client, self.name)
                     self._fast_pid = os.getpid()
         return self._fast
 

@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
     from .settings import S3Settings
 
-__all__ = ["ClientFactory"]
+__all__ = ["DEFAULT_POOL_CONNECTIONS", "ClientFactory"]
+
+DEFAULT_POOL_CONNECTIONS = 10
+"""botocore's ``max_pool_connections`` when the client's configuration does not say."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ class ClientFactory:
             if frozen.token:
                 kwargs["aws_session_token"] = frozen.token
         return cls(kwargs)
+
+    @property
+    def max_pool_connections(self) -> int:
+        """The clients' connection pool size (botocore's default, 10, when not configured)."""
+        size = getattr(self.kwargs.get("config"), "max_pool_connections", None)
+        return size if isinstance(size, int) and size > 0 else DEFAULT_POOL_CONNECTIONS
 
     def create(self) -> S3Client:
         client: S3Client = _session().client("s3", **self.kwargs)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import logging
 import os
 import ssl
@@ -83,7 +84,16 @@ from .client_probe import (
     unsupported,
 )
 from .errors import IntegrityError, ObjectChangedError, ReadInterruptedError
-from .http11 import Broken, Connection, Pool, Response, StreamedBody, read_body, read_head
+from .http11 import (
+    Broken,
+    Connection,
+    Pool,
+    Response,
+    StreamedBody,
+    read_body,
+    read_head,
+    tls_survived_fork,
+)
 from .sigv4 import Credentials, SigV4Signer
 
 if TYPE_CHECKING:
@@ -205,6 +215,24 @@ class FastGetter:
             keepalive=bool(config.tcp_keepalive),
             checksums=checksums,
         )
+
+    def for_this_process(self) -> FastGetter | None:
+        """This getter for a forked child: the same configuration, no connections (its
+        sockets are the parent's). A child that starts this way builds no boto3 client before
+        its first GET: client, probe and TLS context took 20-60 ms of each loader worker's
+        start (2 cores). None where only a new client is safe: refreshable credentials (their
+        lock and HTTP pool are the parent's), or a TLS handshake running at the fork."""
+        from botocore.credentials import RefreshableCredentials
+
+        if isinstance(self._credentials, RefreshableCredentials):
+            return None
+        if self._pool.tls is not None and not tls_survived_fork():
+            return None
+        getter = copy.copy(self)
+        getter._signer = SigV4Signer(self.target.region, self.target.service)
+        getter._pool = self._pool.empty_copy()
+        getter.pid = os.getpid()
+        return getter
 
     # -- reading -------------------------------------------------------------------------------
 

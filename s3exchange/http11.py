@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import select
 import socket
 import ssl
@@ -24,6 +25,7 @@ __all__ = [
     "StreamedBody",
     "read_body",
     "read_head",
+    "tls_survived_fork",
 ]
 
 CHUNK = 1 << 20  # body read size: progress is kept per chunk when a body breaks
@@ -80,6 +82,53 @@ class Response:
     keep_alive: bool
 
 
+class _Handshakes:
+    """TLS handshakes in progress in this process, as a fork sees them.
+
+    OpenSSL takes locks of the ``SSLContext`` (its certificate store) while it verifies a
+    handshake; a fork in that moment leaves the child a lock nobody will release. The count
+    changes under ``lock``, which a fork holds from before to after, so a child knows whether
+    its copy of a context is safe to use (:func:`tls_survived_fork`).
+    """
+
+    lock = threading.Lock()
+    running = 0
+    at_fork = 0
+
+    @classmethod
+    def change(cls, by: int) -> None:
+        with cls.lock:
+            cls.running += by
+
+    @classmethod
+    def before_fork(cls) -> None:
+        cls.lock.acquire()
+        cls.at_fork = cls.running
+
+    @classmethod
+    def after_fork_in_parent(cls) -> None:
+        cls.lock.release()
+
+    @classmethod
+    def after_fork_in_child(cls) -> None:
+        cls.lock = threading.Lock()
+        cls.running = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_Handshakes.before_fork,
+        after_in_parent=_Handshakes.after_fork_in_parent,
+        after_in_child=_Handshakes.after_fork_in_child,
+    )
+
+
+def tls_survived_fork() -> bool:
+    """Whether no handshake of this module was running when this process was forked, so the
+    SSL contexts it inherited are whole (always true in a process that was not forked)."""
+    return _Handshakes.at_fork == 0
+
+
 class Pool:
     """Idle connections to one host, most recently used first; at most ``size`` kept."""
 
@@ -95,10 +144,23 @@ class Pool:
     ) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        self.size = size
+        self.size = self._capacity = size
         self.keepalive = keepalive
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
+
+    def empty_copy(self) -> Pool:
+        """A pool to the same host with the same settings and no connections (a forked
+        process's: the sockets of this one are its parent's)."""
+        return Pool(
+            self.host,
+            self.port,
+            self.tls,
+            self.connect_timeout,
+            self.read_timeout,
+            self._capacity,
+            self.keepalive,
+        )
 
     def take(self) -> Connection:
         while True:
@@ -139,7 +201,11 @@ class Pool:
             if self.keepalive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if self.tls is not None:
-                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+                _Handshakes.change(1)
+                try:
+                    sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+                finally:
+                    _Handshakes.change(-1)
             sock.settimeout(self.read_timeout)
         except OSError as exc:
             sock.close()

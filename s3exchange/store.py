@@ -174,6 +174,12 @@ class S3ExchangeStore:
         """The boto3 client (rebuilt transparently in a forked or spawned process)."""
         return self._bucket.client
 
+    @property
+    def max_pool_connections(self) -> int:
+        """The client's connection pool size; a forked worker reads it without building a
+        client (it builds one only for what the fast GET path does not serve)."""
+        return self._bucket.max_pool_connections
+
     def __repr__(self) -> str:
         return f"S3ExchangeStore(bucket={self.bucket!r}, base_prefix={self.base_prefix!r})"
 

@@ -7,19 +7,12 @@ import os
 
 from s3exchange import S3ExchangeStore
 
-__all__ = [
-    "AUTO_IO_THREADS_MAX",
-    "DEFAULT_POOL_CONNECTIONS",
-    "io_threads_for",
-    "loose_requests_per_worker",
-]
+__all__ = ["AUTO_IO_THREADS_MAX", "io_threads_for", "loose_requests_per_worker"]
 
 log = logging.getLogger("s3exchange_torch.dataset")
 
 AUTO_IO_THREADS_MAX = 32
 """Ceiling of the automatic ``io_threads``: past it more threads only contend for the GIL."""
-DEFAULT_POOL_CONNECTIONS = 10
-"""botocore's ``max_pool_connections`` when the client does not say."""
 _POOL_WARNED: set[int] = set()
 """Processes that already logged the small connection pool warning."""
 
@@ -51,8 +44,7 @@ def io_threads_for(
     drops an extra connection per request, and logs each); an explicit number above the pool
     is honoured with one warning per process.
     """
-    pool = getattr(store.s3_client.meta.config, "max_pool_connections", None)
-    pool = pool if isinstance(pool, int) and pool > 0 else DEFAULT_POOL_CONNECTIONS
+    pool = store.max_pool_connections  # not s3_client's: that builds a client in a new worker
     if requested is None:
         return loose_requests_per_worker(num_workers, pool, shard_streams)
     needed = requested + shard_streams

@@ -38,6 +38,7 @@ from s3exchange import (
     ObjectNotFoundError,
     S3ExchangeStore,
     StorageError,
+    http11,
 )
 from s3exchange.bucket import Bucket
 from s3exchange.clients import ClientFactory
@@ -888,3 +889,96 @@ def test_a_forked_process_builds_its_client_once_whatever_its_threads(
     while built_out.poll(0.2):
         pids.append(built_out.recv())
     assert pids == [child.pid]  # 16 threads, one client (it took 27 ms of GIL each)
+
+
+def _counting_bucket(client: S3Client, name: str) -> tuple[Bucket, Any]:
+    """A bucket whose factory reports each client it builds, and the pipe end reporting."""
+    built_out, built_in = multiprocessing.Pipe(duplex=False)
+    factory = _CountingFactory(ClientFactory.from_client(client).kwargs, built=built_in)
+    return Bucket(client, name, KeySpace(), factory=factory), built_out
+
+
+def _forked_reads(bucket: Bucket, key: str, built: Any) -> list[int]:
+    """Pids that built a client while a forked child read ``key`` on 16 threads."""
+    context = multiprocessing.get_context("fork")
+    done_out, done_in = context.Pipe(duplex=False)
+    child = context.Process(target=_reads_on_16_threads, args=(bucket, key, done_in))
+    child.start()
+    assert done_out.poll(60), "the child's reads did not finish"
+    assert done_out.recv() == "done"
+    child.join(10)
+    assert child.exitcode == 0
+    pids = []
+    while built.poll(0.2):
+        pids.append(built.recv())
+    return pids
+
+
+def test_a_forked_process_copies_its_parents_fast_path_and_builds_no_client(
+    server: tuple[S3Client, str, RunningServer],
+) -> None:
+    client, bucket_name, _ = server
+    S3ExchangeStore(client, bucket_name).put_object("k.bin", _payload(5000))
+    bucket, built = _counting_bucket(client, bucket_name)
+    assert len(bucket.read_object("k.bin", byte_range=(0, 1000))[0]) == 1000  # parent's path
+    assert _forked_reads(bucket, "k.bin", built) == []  # the child read with no client built
+
+
+def test_a_forked_process_copies_a_tls_fast_path_unless_a_handshake_ran_at_the_fork(
+    tls: tuple[str, str], moto_server: RunningServer, s3_client: S3Client, bucket: str
+) -> None:
+    endpoint, ca_file = tls
+    s3 = moto_server.s3
+    client: S3Client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        verify=ca_file,
+        config=Config(s3={"addressing_style": "path"}, proxies={}),
+    )
+    S3ExchangeStore(s3_client, bucket).put_object("k.bin", _payload(5000))
+    tls_bucket, built = _counting_bucket(client, bucket)
+    assert len(tls_bucket.read_object("k.bin", byte_range=(0, 1000))[0]) == 1000
+    assert _forked_reads(tls_bucket, "k.bin", built) == []
+    http11._Handshakes.change(1)  # as if a thread were inside OpenSSL with the context
+    try:
+        pids = _forked_reads(tls_bucket, "k.bin", built)
+    finally:
+        http11._Handshakes.change(-1)
+    assert len(pids) == 1  # that child built its own client, TLS context and all
+
+
+def test_refreshable_credentials_are_not_carried_into_a_forked_process(
+    s3_client: S3Client, bucket: str
+) -> None:
+    static = FastGetter.for_client(s3_client, bucket)
+    assert static is not None
+    copied = static.for_this_process()
+    assert copied is not None
+    assert copied._pool is not static._pool
+    assert copied.target == static.target
+    credentials = RefreshableCredentials.create_from_metadata(
+        {
+            "access_key": "a",
+            "secret_key": "b",
+            "token": "",
+            "expiry_time": (
+                datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+            ).isoformat(),
+        },
+        refresh_using=lambda: {},
+        method="test",
+    )
+    session = botocore.session.Session()
+    session._credentials = credentials
+    client = session.create_client(
+        "s3",
+        endpoint_url=s3_client.meta.endpoint_url,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, proxies={}),
+    )
+    refreshable = FastGetter.for_client(client, bucket)
+    assert refreshable is not None
+    assert refreshable.for_this_process() is None  # the child builds its own client
