@@ -191,7 +191,8 @@ class S3ExchangeLoader:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _start_workers(self) -> None:
+    def _start_workers(self, first: list[tuple[Any, ...] | None]) -> None:
+        """Start the workers, each with its first command (``first[worker_id]``)."""
         self.dataset.resolve()
         capacity = self._ring_bytes()
         parent = os.getpid()
@@ -210,6 +211,7 @@ class S3ExchangeLoader:
                 commands=commands_out,
                 results=results_in,
                 parent=parent,
+                first=first[worker_id],
             )
             process = self._context.Process(  # type: ignore[attr-defined]
                 target=worker_loop,
@@ -266,10 +268,10 @@ class S3ExchangeLoader:
             self.dataset.set_epoch(int(resume["epoch"]))
         if self.num_workers == 0:
             return self._in_process(resume)
-        if not self._workers or not all(w.process.is_alive() for w in self._workers):
+        start = not self._workers or not all(w.process.is_alive() for w in self._workers)
+        if start:
             self._shutdown(graceful=False)
-            self._start_workers()
-        iteration = _Iteration(self, resume)
+        iteration = _Iteration(self, resume, start)
         self._active = iteration
         return iteration.batches()
 
@@ -422,11 +424,13 @@ class _Iteration:
     """One epoch (or the rest of one) across the workers, in DataLoader's round-robin order
     (or, with ``in_order=False``, each batch from the first worker that has one ready)."""
 
-    def __init__(self, loader: S3ExchangeLoader, resume: dict[str, Any] | None) -> None:
+    def __init__(
+        self, loader: S3ExchangeLoader, resume: dict[str, Any] | None, start: bool
+    ) -> None:
+        """``start``: start the loader's workers, each given its epoch as it starts."""
         self._loader = loader
-        workers = loader._workers
         if resume is None:
-            state = loader._new_state(loader.dataset.epoch, len(workers))
+            state = loader._new_state(loader.dataset.epoch, loader.num_workers)
         else:
             state = _copy_state(resume)
         loader._state = state
@@ -434,9 +438,16 @@ class _Iteration:
         self._finished = False
         self._copies: deque[tuple[Any, Any]] = deque()
         self._retired: list[Ring] = []  # outgrown rings, unpinned when the epoch ends
-        for index, worker in enumerate(workers):
-            if not state["exhausted"][index]:
-                worker.commands.send(("epoch", state["workers"][index]))
+        commands = [
+            None if done else ("epoch", worker_state)
+            for done, worker_state in zip(state["exhausted"], state["workers"], strict=True)
+        ]
+        if start:
+            loader._start_workers(commands)
+            return
+        for worker, command in zip(loader._workers, commands, strict=True):
+            if command is not None:
+                worker.commands.send(command)
 
     def batches(self) -> Iterator[Any]:
         state = self._state
