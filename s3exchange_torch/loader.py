@@ -390,7 +390,7 @@ def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if isinstance(value, torch.Tensor):
         return fn(value)
     if isinstance(value, PackedBatch):
-        return PackedBatch(fn(value.data), value.offsets, value.extras)
+        return value.with_data(fn(value.data))
     if isinstance(value, dict):
         return {key: _map_tensors(item, fn) for key, item in value.items()}
     if isinstance(value, tuple | list):

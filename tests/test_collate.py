@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from s3exchange_torch import PackedBatch, pack_bytes
+from s3exchange_torch.collate import _PickledExtras
 
 
 class Samples(IterableDataset[tuple[bytes, dict[str, int]]]):
@@ -40,3 +42,24 @@ def test_batches_arrive_intact_in_one_tensor(workers: int) -> None:
     got = _unpack(batches)
     assert got == {i: bytes([i % 251]) * (1000 + i) for i in range(50)}
     assert len(batches[0]) == 8  # all held at once: past the reused slabs, one-off segments
+
+
+def test_entries_cross_processes_as_one_pickle_decoded_when_read() -> None:
+    entries = [{"key": f"a.tar#{i}.bin", "size_bytes": i, "crc32c": None} for i in range(4)]
+    batch = PackedBatch(torch.zeros(6, dtype=torch.uint8), [0, 1, 2, 3, 6], entries)
+    received = pickle.loads(pickle.dumps(batch))
+    assert isinstance(received._extras, _PickledExtras)  # nothing decoded yet
+    assert len(received) == 4
+    on_device = received.with_data(received.data.clone())
+    assert isinstance(on_device._extras, _PickledExtras)  # a copy of the data keeps it so
+    assert on_device.extras == entries
+    assert received[3][1] == entries[3]
+    assert received.extras is received.extras  # decoded once
+
+
+@pytest.mark.parametrize("extra", [{"label": torch.tensor([1, 2])}, ("a", 1), {"meta": {"x": 1}}])
+def test_other_extras_are_pickled_inline(extra: object) -> None:
+    batch = PackedBatch(torch.zeros(2, dtype=torch.uint8), [0, 1, 2], [extra, extra])
+    received = pickle.loads(pickle.dumps(batch))
+    assert isinstance(received._extras, list)
+    assert str(received.extras[1]) == str(extra)
