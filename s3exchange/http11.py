@@ -94,6 +94,9 @@ class _Handshakes:
     lock = threading.Lock()
     running = 0
     at_fork = 0
+    survived = True
+    """In this process: no handshake ran at its fork, nor at any fork of its ancestors since
+    the first (a context it inherited may have come down unused through several)."""
 
     @classmethod
     def change(cls, by: int) -> None:
@@ -111,6 +114,7 @@ class _Handshakes:
 
     @classmethod
     def after_fork_in_child(cls) -> None:
+        cls.survived = cls.survived and cls.at_fork == 0
         cls.lock = threading.Lock()
         cls.running = 0
 
@@ -124,9 +128,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def tls_survived_fork() -> bool:
-    """Whether no handshake of this module was running when this process was forked, so the
-    SSL contexts it inherited are whole (always true in a process that was not forked)."""
-    return _Handshakes.at_fork == 0
+    """Whether no handshake of this module was running when this process (or an ancestor
+    since the first) was forked, so the SSL contexts it inherited are whole; always true in a
+    process that was not forked."""
+    return _Handshakes.survived
 
 
 class Pool:
