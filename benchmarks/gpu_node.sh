@@ -6,7 +6,8 @@
 # Writes the table (table.txt), latest.json, the log (run.log) and preflight.txt to $OUT
 # (default /tmp/gpu-bench). Here, to try the script itself: NO_UNPACK=1 ARGS=--quick bash ...
 # MODE=sweep: settings varied + a py-spy profile; MODE=steady: the targets over EPOCHS epochs;
-# MODE=diag / knobs: where the loader waits, settings; MODE=ab AB_ROOT=dir: two library versions.
+# MODE=diag / knobs: where the loader waits, settings; MODE=ab AB_ROOT=dir: two library versions,
+# then MODE=gather: ways to gather a batch onto the GPU (benchmarks/gpu_gather.py).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-/tmp/gpu-bench}"; mkdir -p "$out"
@@ -95,6 +96,11 @@ if [ "${MODE}" = ab ]; then
   timeout "${LIMIT_S:-200}" $py -m benchmarks.sweep --scenario shards --workers "$w" $sizes \
       --rounds "${ROUNDS:-3}" --out "$out/shards" "${variants[@]}" \
       2>&1 | tee "$out/ab-shards.log" || true
+  MODE=gather
+fi
+if [ "${MODE}" = gather ]; then
+  # How the main process could gather batches onto the GPU (benchmarks/gpu_gather.py).
+  timeout 120 $py -m benchmarks.gpu_gather --out "$out/gather" 2>&1 | tee "$out/gather.log" || true
   exit
 fi
 # MODE=sweep: which settings move the 12-worker figures (benchmarks/sweep.py), then a py-spy

@@ -275,3 +275,15 @@ class TestSweep:
         for kind in ("data_wait", "queue_full", "ring_wait", "cpu"):
             assert _is_number(waits[f"worker_{kind}_s"]["median"]), kind
         assert "waits {" in done.stdout + done.stderr
+
+
+def test_the_gpu_gather_probe_checks_its_gathers(tmp_path: Path) -> None:
+    from benchmarks import gpu_gather
+
+    argv = ["--arena-mib", "4", "--samples", "8", "--sample-bytes", "1000", "--batches", "3"]
+    assert gpu_gather.main([*argv, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_gather.json").read_text())
+    ways = ["one_copy", "per_sample"] + (["mapped_cat"] if torch.cuda.is_available() else [])
+    for way in ways:
+        assert result[way]["bytes_match"] is True, result[way]
+        assert result[way]["cpu_us_per_batch"] > 0
