@@ -3,8 +3,8 @@
 A ``DataLoader`` worker hands each batch to the main process pickled through a pipe, and every
 tensor in it through a freshly created shared-memory segment; that hand-over tops out at
 0.65-0.9 GB/s on a 16-core node, a quarter of what the storage delivers (issue 9's table).
-Here each worker owns a ring of shared memory (an *arena*) created once, before the worker
-starts:
+Here each worker owns a ring of shared memory (an *arena*), made with its first batch (sized
+from the manifest's mean sample, or the batch if larger) and kept across epochs:
 
 - the worker collates a batch straight into its ring: sample ``bytes`` become one
   :class:`~s3exchange_torch.collate.PackedBatch` (one copy per byte), equal-shape tensors are
