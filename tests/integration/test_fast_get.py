@@ -645,6 +645,21 @@ def tls(tmp_path: Any, moto_server: RunningServer) -> Iterator[tuple[str, str]]:
         front.close()
 
 
+def _https_client(endpoint: str, s3: LocalS3, **verify: str | bool) -> S3Client:
+    """A client of ``s3``'s credentials aimed at the TLS front ``endpoint`` (``verify=`` as
+    boto3 takes it, when given)."""
+    client: S3Client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        config=Config(s3={"addressing_style": "path"}, proxies={}),
+        **verify,  # type: ignore[arg-type]
+    )
+    return client
+
+
 @pytest.mark.parametrize("verify", ["ca_file", False])
 def test_https_reads_verify_as_the_client_says(
     tls: tuple[str, str],
@@ -654,15 +669,8 @@ def test_https_reads_verify_as_the_client_says(
     verify: str | bool,
 ) -> None:
     endpoint, ca_file = tls
-    s3 = moto_server.s3
-    client: S3Client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=s3.region,
-        aws_access_key_id=s3.access_key_id,
-        aws_secret_access_key=s3.secret_access_key,
-        verify=ca_file if verify == "ca_file" else verify,
-        config=Config(s3={"addressing_style": "path"}, proxies={}),
+    client = _https_client(
+        endpoint, moto_server.s3, verify=ca_file if verify == "ca_file" else verify
     )
     getter = FastGetter.for_client(client, bucket)
     assert getter is not None
@@ -676,15 +684,7 @@ def test_https_with_an_untrusted_certificate_is_an_ssl_error(
     tls: tuple[str, str], moto_server: RunningServer, bucket: str
 ) -> None:
     endpoint, _ = tls
-    s3 = moto_server.s3
-    client: S3Client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=s3.region,
-        aws_access_key_id=s3.access_key_id,
-        aws_secret_access_key=s3.secret_access_key,
-        config=Config(s3={"addressing_style": "path"}, proxies={}),
-    )
+    client = _https_client(endpoint, moto_server.s3)
     began = time.monotonic()
     with pytest.raises(StorageError) as err:
         S3ExchangeStore(client, bucket).read_file_entry({"kind": "file", "key": "a.bin"})
@@ -928,16 +928,7 @@ def test_a_forked_process_copies_a_tls_fast_path_unless_a_handshake_ran_at_the_f
     tls: tuple[str, str], moto_server: RunningServer, s3_client: S3Client, bucket: str
 ) -> None:
     endpoint, ca_file = tls
-    s3 = moto_server.s3
-    client: S3Client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=s3.region,
-        aws_access_key_id=s3.access_key_id,
-        aws_secret_access_key=s3.secret_access_key,
-        verify=ca_file,
-        config=Config(s3={"addressing_style": "path"}, proxies={}),
-    )
+    client = _https_client(endpoint, moto_server.s3, verify=ca_file)
     S3ExchangeStore(s3_client, bucket).put_object("k.bin", _payload(5000))
     tls_bucket, built = _counting_bucket(client, bucket)
     assert len(tls_bucket.read_object("k.bin", byte_range=(0, 1000))[0]) == 1000

@@ -175,6 +175,16 @@ def test_ring_regions_are_reused_when_batches_are_dropped(corpus: Corpus) -> Non
         assert all(not w.ring.pending for w in loader._workers)
 
 
+def _first(loader: S3ExchangeLoader, count: int) -> list[list[str]]:
+    """The ids of ``loader``'s first ``count`` batches; the iteration is then left."""
+    head = []
+    for batch in loader:
+        head.append(ids_of(batch))
+        if len(head) == count:
+            break
+    return head
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_resume_continues_the_interrupted_sequence_exactly(corpus: Corpus, context: str) -> None:
     ds = make(corpus, seed=9)
@@ -182,11 +192,7 @@ def test_resume_continues_the_interrupted_sequence_exactly(corpus: Corpus, conte
         full = [ids_of(b) for b in a]
     ds2 = make(corpus, seed=9)
     with S3ExchangeLoader(ds2, batch_size=5, num_workers=2, multiprocessing_context=context) as b:
-        head = []
-        for batch in b:
-            head.append(ids_of(batch))
-            if len(head) == 7:
-                break
+        head = _first(b, 7)
         state = b.state_dict()
     ds3 = make(corpus, seed=9)
     with S3ExchangeLoader(ds3, batch_size=5, num_workers=2, multiprocessing_context=context) as c:
@@ -226,11 +232,7 @@ def test_out_of_order_takes_the_first_ready_batch_and_keeps_each_workers_order(
 def test_out_of_order_resumes_every_worker_where_it_was(corpus: Corpus) -> None:
     ds = make(corpus, seed=6, transform=_slow_in_worker_0)
     with S3ExchangeLoader(ds, batch_size=3, num_workers=2, in_order=False) as a:
-        head = []
-        for batch in a:
-            head.append(ids_of(batch))
-            if len(head) == 6:
-                break
+        head = _first(a, 6)
         state = a.state_dict()
     ds2 = make(corpus, seed=6)
     with S3ExchangeLoader(ds2, batch_size=3, num_workers=2, in_order=False) as b:
@@ -246,11 +248,7 @@ def test_out_of_order_resumes_every_worker_where_it_was(corpus: Corpus) -> None:
 def test_resume_in_process(corpus: Corpus) -> None:
     full = [ids_of(b) for b in S3ExchangeLoader(make(corpus), batch_size=9)]
     loader = S3ExchangeLoader(make(corpus), batch_size=9)
-    head = []
-    for batch in loader:
-        head.append(ids_of(batch))
-        if len(head) == 3:
-            break
+    head = _first(loader, 3)
     resumed = S3ExchangeLoader(make(corpus), batch_size=9)
     resumed.load_state_dict(loader.state_dict())
     assert head + [ids_of(b) for b in resumed] == full
