@@ -9,7 +9,6 @@ regular files only, extended headers capped, the end-of-archive marker required.
 from __future__ import annotations
 
 import functools
-import re
 import struct
 import tarfile
 import zlib
@@ -27,7 +26,6 @@ _MAX_TRAILER = 20 * BLOCK
 """Bytes read after the end-of-archive marker, which must be zero: one 10 KiB record, the most a
 tar written with the default blocking factor (GNU tar, bsdtar, Python's tarfile) pads with.
 Anything later is never read: 3 GiB of zero padding once cost 24 s of CPU to check."""
-_OCTAL = re.compile(rb"[0-7]*")
 _REGULAR_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
 _TYPE_NAMES = {
     tarfile.LNKTYPE: "hard link",
@@ -38,6 +36,8 @@ _TYPE_NAMES = {
     tarfile.FIFOTYPE: "FIFO",
 }
 _EMPTY_VIEW = memoryview(b"")
+_FIELDS = struct.Struct("100s24x12s12x8sc100x6s82xB")
+"""A header's name, size, checksum, type flag, magic and the first byte of the ustar prefix."""
 
 
 class _GzipChunks:
@@ -222,24 +222,34 @@ class TarReader:
         return block
 
     def _number(self, field: bytes, what: str) -> int:
-        """A numeric header field: octal text, or GNU base-256 for large values."""
-        if field[0] == 0x80:
+        """A numeric header field: octal text, or GNU base-256 for large values.
+
+        ``isdigit`` admits ASCII digits only (no sign, underscore or space, which ``int``
+        would take) and ``int`` refuses 8 and 9: 0.24 us a field against 0.83 with a regex.
+        """
+        digits = field.partition(b"\0")[0].strip(b" ")
+        if digits.isdigit():
+            try:
+                return int(digits, 8)
+            except ValueError:
+                pass
+        elif field[0] == 0x80:
             return int.from_bytes(field[1:], "big")
-        digits = field.split(b"\0", 1)[0].strip(b" ")
-        if field[0] == 0xFF or not _OCTAL.fullmatch(digits):
-            raise self.error(f"malformed {what} field in header {field!r}" + self._after())
-        return int(digits, 8) if digits else 0
+        elif not digits:
+            return 0
+        raise self.error(f"malformed {what} field in header {field!r}" + self._after())
 
     def _parse_block(self, block: bytes) -> tuple[str, int, bytes]:
         """(name, size, typeflag) of a header block whose checksum is verified."""
-        stored = self._number(block[148:156], "checksum")
-        unsigned = _byte_sum(block) - sum(block[148:156]) + 256
+        name_field, size_field, sum_field, typeflag, magic, prefixed = _FIELDS.unpack_from(block)
+        stored = self._number(sum_field, "checksum")
+        unsigned = _byte_sum(block) - sum(sum_field) + 256
         if stored != unsigned and stored != sum(struct.unpack("148b8x356b", block)) + 256:
             raise self.error("header checksum mismatch" + self._after())
-        name = _nts(block[0:100])
-        if block[257:263] == b"ustar\x00" and block[345] != 0:
+        name = _nts(name_field)
+        if prefixed and magic == b"ustar\x00":
             name = _nts(block[345:500]) + "/" + name
-        return name, self._number(block[124:136], "size"), block[156:157]
+        return name, self._number(size_field, "size"), typeflag
 
     def _parse_pax(self, data: bytes) -> dict[str, str]:
         """Records ``"<len> <key>=<value>\\n"`` of a PAX extended header."""

@@ -67,11 +67,25 @@ def _manifest_entry(obj: Any, archive_key: str, line: int) -> FileEntry:
     return cast(FileEntry, obj)
 
 
+def _decode_json(text: str) -> Any:
+    """``json.loads(text)``, 0.4 us less a line: ``raw_decode`` skips the two whitespace scans
+    around the value, and the full decoder takes what it refuses (whitespace there, or an
+    error, whose message it words). ``json.loads(bytes)`` costs 0.9 us more than either."""
+    try:
+        obj, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return _DECODER.decode(text)
+    return obj if end == len(text) else _DECODER.decode(text)
+
+
 def _parse_line(text: bytes, archive_key: str, line: int) -> FileEntry:
     """One internal manifest line as a checked entry; JSON too deeply nested for the parser
     (200k ``[``) is a ShardReadError naming the line like any other invalid JSON."""
     try:
-        obj = _DECODER.decode(text.decode("utf-8-sig"))  # json.loads(bytes) less 0.9 us a line
+        line_text = text.decode()  # then the BOM by hand: "utf-8-sig" costs 0.5 us a line
+        if line_text.startswith("\ufeff"):
+            line_text = line_text[1:]
+        obj = _decode_json(line_text)
     except ValueError as exc:
         raise ShardReadError(
             archive_key=archive_key, reason=f"internal manifest line {line}: {exc}"
