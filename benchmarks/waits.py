@@ -3,11 +3,9 @@
 ``python -m benchmarks.sweep ... "loader waits=true"`` runs the loader with these counters
 installed (monkeypatches, in the reader's own interpreter; forked workers inherit them):
 
-- ``data_wait``: a worker's consumer waiting for its shard thread's next sample list (the GET
-  and tar parse behind);
-- ``queue_full``: a shard thread putting a list in its queue; it waited there for the
-  consumer until the hand-over (24e97bb), and never waits since (kept, ~0, to compare
-  with earlier runs);
+- ``data_wait``: a worker's consumer waiting for its shard thread: the GET's opening, then
+  each read-ahead chunk (the thread parses nothing since the raw read-ahead; before, this
+  was the wait for its next sample list, tar parse included);
 - ``ring_wait``: a worker waiting for ring room (the main process behind, or busy with another
   worker in round-robin order);
 - ``main_wait``: the main process waiting for the worker whose batch is next;
@@ -68,8 +66,6 @@ def install() -> Path:
 
     folder = Path(tempfile.mkdtemp(prefix="loader-waits-"))
     ring.RingWriter._wait_room = _timed("ring_wait", ring.RingWriter._wait_room)  # type: ignore[method-assign]
-    prefetch_threads.ShardRead._put = _timed("queue_full", prefetch_threads.ShardRead._put)  # type: ignore[method-assign]
-
     prefetch_threads.ShardRead._take = _timed("data_wait", prefetch_threads.ShardRead._take)  # type: ignore[method-assign]
     worker_loop = loader.worker_loop
 
@@ -99,7 +95,7 @@ def collect(folder: Path) -> dict[str, Any]:
     workers = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
     shutil.rmtree(folder, ignore_errors=True)
     out["workers_reported"] = len(workers)
-    for kind in ("data_wait", "queue_full", "ring_wait", "cpu", "wall"):
+    for kind in ("data_wait", "ring_wait", "cpu", "wall"):
         values = [worker.get(kind, 0.0) for worker in workers] or [0.0]
         out[f"worker_{kind}_s"] = {
             "median": round(statistics.median(values), 3),

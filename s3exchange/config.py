@@ -36,8 +36,8 @@ class TransferConfig:
       idles. A shard writer adds its 5 MiB head and ~130 bytes of manifest a member (45 MiB;
       54 MiB tracemalloc peak measured with botocore's buffers).
     - **a reading worker** (``s3exchange_torch``): ``(1 + prefetch_shards) x (queue_chunks
-      + 1) x chunk_bytes`` of shard samples handed over or being gathered [15 MiB, whatever
-      the shard size], plus up to ``2 x io_threads`` loose files in flight, each held whole
+      + 1) x chunk_bytes`` of shard bytes read ahead or samples being gathered [15 MiB,
+      whatever the shard size], plus up to ``2 x io_threads`` loose files in flight, each held whole
       (so at most ``max_sample_bytes``), plus the dataset's ``shuffle_buffer`` samples.
     - **a delete** holds ``delete_batch`` keys a request [1,000].
 
@@ -50,11 +50,11 @@ class TransferConfig:
         io_threads: loose objects a reading worker requests at once; ``None`` sizes it to the
             client's connection pool less the shard streams, at most 32.
         prefetch_shards: shards a reading worker streams ahead of the one it consumes [2].
-        chunk_samples, chunk_bytes: a shard's read-ahead thread hands samples over in lists
-            of at most ``chunk_samples`` samples, or once a list holds ``chunk_bytes``
-            [64, 1 MiB], so the consumer pays one thread hand-off per list, not per sample.
-        queue_chunks: lists a shard's thread reads ahead; then it hands the rest of the
-            stream to the consumer, which reads it in its own thread [4].
+        chunk_samples, chunk_bytes: a shard's samples pass to the shuffle buffer in lists of
+            at most ``chunk_samples`` samples, or once a list holds ``chunk_bytes`` [64, 1 MiB];
+            ``chunk_bytes`` is also the read-ahead's unit.
+        queue_chunks: ``chunk_bytes`` a shard's thread reads ahead, as they arrive (the
+            consumer parses them); the consumer then reads the rest of the stream [4].
         max_sample_bytes: largest shard member or loose file a worker reads: a sample is held
             whole in memory, so a bigger one is refused before a byte of it is read [256 MiB;
             a 3 GiB member of a 3 MB .tar.gz once drove a worker to 6.4 GiB RSS].

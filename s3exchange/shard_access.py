@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, cast
 
 from .body import ObjectStream, inner_stream
@@ -36,14 +36,22 @@ from .shard_index import (
     index_key_for,
     parse_index,
 )
-from .tar_reader import iter_internal_manifest, iter_shard
-from .types import INTERNAL_MANIFEST_PATH, MANIFEST_CONTENT_TYPE, Compression, FileEntry, ShardEntry
+from .tar_reader import ShardMember, iter_internal_manifest, iter_shard
+from .types import (
+    INTERNAL_MANIFEST_PATH,
+    MANIFEST_CONTENT_TYPE,
+    Compression,
+    FileEntry,
+    Readable,
+    ShardEntry,
+)
 
 if TYPE_CHECKING:
     from .store import S3ExchangeStore
 
 __all__ = [
     "compression_of",
+    "iter_members",
     "iter_shard_manifest",
     "open_archive",
     "open_member",
@@ -134,6 +142,27 @@ def open_archive(store: S3ExchangeStore, entry: ShardEntry) -> ObjectStream:
             reason=f"was replaced since the manifest listed it (its ETag is {stream.etag})",
         )
     return stream
+
+
+def iter_members(
+    store: S3ExchangeStore,
+    entry: ShardEntry,
+    stream: Readable,
+    *,
+    select: Callable[[int, FileEntry], bool] | None = None,
+    verify: bool | None = None,
+) -> Generator[ShardMember, None, None]:
+    """The members of the shard ``entry`` lists, parsed from ``stream``, its archive's bytes
+    from the start (:func:`open_archive`'s, or a read-ahead of it); the caller closes it."""
+    return iter_shard(
+        stream,
+        archive_key=entry["archive_key"],
+        compression=entry.get("compression"),
+        expected_count=entry.get("count"),
+        verify=store.verify if verify is None else verify,
+        select=select,
+        internal_manifest_path=entry.get("internal_manifest_path", INTERNAL_MANIFEST_PATH),
+    )
 
 
 def read_shard_index(store: S3ExchangeStore, entry: ShardEntry) -> ShardIndex:

@@ -40,7 +40,7 @@ from .shard_index import (
 )
 from .shard_writer import DEFAULT_MAX_BYTES, ShardWriter, shard_compression
 from .sources import InMemory, Source, source_of
-from .tar_reader import ShardMember, iter_shard
+from .tar_reader import ShardMember
 from .tar_writer import write_shard
 from .transport import PendingUpload
 from .types import (
@@ -53,6 +53,7 @@ from .types import (
     ItemSource,
     ListedObject,
     ManifestEntry,
+    Readable,
     ShardEntry,
     ShardItem,
     UpdateMode,
@@ -426,28 +427,33 @@ class S3ExchangeStore:
         """
         return manifest_reads.read_file_entry(self, entry, verify=verify)
 
+    def open_shard(self, entry: ShardEntry) -> ObjectStream:
+        """The shard's archive as a GET stream, for :meth:`iter_shard_members` to parse once
+        its bytes were read ahead (the torch prefetcher does so in a thread).
+
+        An entry's ``etag`` must match the stored archive's (ObjectChangedError otherwise).
+        """
+        return shard_access.open_archive(self, entry)
+
     def iter_shard_members(
         self,
         entry: ShardEntry,
         *,
         select: Callable[[int, FileEntry], bool] | None = None,
         verify: bool | None = None,
+        stream: Readable | None = None,
     ) -> Generator[ShardMember, None, None]:
         """Stream a shard's members from its GET body; ``select`` skips members unread.
 
         An entry's ``etag`` must match the stored archive's (ObjectChangedError otherwise).
+        ``stream``: the archive's bytes from its start, read from :meth:`open_shard` by the
+        caller, who closes it; by default the GET is opened and closed here.
         """
-        key = entry["archive_key"]
-        with shard_access.open_archive(self, entry) as stream:
-            yield from iter_shard(
-                stream,
-                archive_key=key,
-                compression=entry.get("compression"),
-                expected_count=entry.get("count"),
-                verify=self.verify if verify is None else verify,
-                select=select,
-                internal_manifest_path=entry.get("internal_manifest_path", INTERNAL_MANIFEST_PATH),
-            )
+        if stream is not None:
+            yield from shard_access.iter_members(self, entry, stream, select=select, verify=verify)
+            return
+        with shard_access.open_archive(self, entry) as opened:
+            yield from shard_access.iter_members(self, entry, opened, select=select, verify=verify)
 
     def read_shard_index(self, entry: ShardEntry) -> ShardIndex:
         """Where each member of a shard lies, for ranged reads (:mod:`~s3exchange.shard_index`).

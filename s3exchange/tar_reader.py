@@ -10,7 +10,7 @@ import io
 import json
 import re
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ShardReadError
@@ -463,7 +463,7 @@ def iter_shard(
     select: Callable[[int, FileEntry], bool] | None = None,
     internal_manifest_path: str = INTERNAL_MANIFEST_PATH,
     read_size: int = 1 << 18,
-) -> Iterator[ShardMember]:
+) -> Generator[ShardMember, None, None]:
     """Yield the data members of a shard, in order, streaming from ``fileobj``.
 
     Structure is always checked: header checksums, safe paths, regular files only, capped

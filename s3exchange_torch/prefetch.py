@@ -3,13 +3,14 @@
 The worker's plan becomes a sequence of :class:`Job` (one unit segment each, with the members it
 still needs). :class:`Prefetcher` keeps a window of jobs in flight, in plan order:
 
-- a shard job gets a thread of its own that opens the archive's GET body, reads it through
-  :meth:`~s3exchange.S3ExchangeStore.iter_shard_members` in *lists* of samples (at most
-  ``chunk_samples`` samples or ``chunk_bytes`` bytes), puts the first ``queue_chunks`` lists
-  in a queue, then hands the rest of the stream to the consumer, which reads it itself when it
-  gets there (past the read-ahead, no thread takes the GIL from it per socket read); a
-  shard's memory is bounded by the queue, never by its size. At most ``1 + prefetch_shards``
-  shards are open at once (the one being consumed and the read-ahead);
+- a shard job gets a thread of its own that opens the archive's GET body and reads its first
+  ``queue_chunks x chunk_bytes`` bytes into a queue as they arrive; the consumer parses them
+  through :meth:`~s3exchange.S3ExchangeStore.iter_shard_members` when it gets there, in
+  *lists* of samples (at most ``chunk_samples`` samples or ``chunk_bytes`` bytes), then reads
+  the rest of the stream itself. The thread only waits on its socket, so it never takes the
+  GIL from the parsing consumer for long; a shard's memory is bounded by the read-ahead,
+  never by its size. At most ``1 + prefetch_shards`` shards are open at once (the one being
+  consumed and the read-ahead);
 - a loose file job is a future on a pool of ``io_threads`` daemon threads; up to
   ``2 * io_threads`` loose files are requested ahead, so per-request latency overlaps instead
   of adding up, while results are still consumed strictly in plan order.
@@ -33,10 +34,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from s3exchange import S3ExchangeStore, TransferConfig
-from s3exchange.types import FileEntry
+from s3exchange.types import FileEntry, ShardEntry
 
 from .prefetch_jobs import Job, Wanted, plan_jobs
 from .prefetch_reads import Item, SampleTooLargeError, read_file, shard_groups, shard_members
@@ -123,8 +124,7 @@ class Prefetcher:
             if isinstance(job.unit, dict) and job.unit["kind"] == "shard":
                 if self._shards >= self._max_shards:
                     return
-                reader = self._reader(job)
-                self._window.append(ShardRead(reader, self._stop, self._config.queue_chunks))
+                self._window.append(self._shard_read(job))
                 self._shards += 1
             else:
                 entries = job.unit if isinstance(job.unit, tuple) else (job.unit,)
@@ -135,10 +135,16 @@ class Prefetcher:
                 self._files += len(entries)
             self._next = next(self._jobs, None)
 
-    def _reader(self, job: Job) -> Callable[[], Generator[list[Item], None, None]]:
+    def _shard_read(self, job: Job) -> ShardRead:
         store, verify, stop, config = self._store, self._verify, self._stop, self._config
+        entry: ShardEntry = job.unit  # type: ignore[assignment]
         read = shard_members if self._group_by is None else shard_groups
-        return lambda: read(store, job, verify, stop, config)
+        return ShardRead(
+            lambda: store.open_shard(entry),
+            lambda stream: read(store, job, verify, stop, config, stream),
+            stop,
+            config.queue_chunks * config.chunk_bytes,
+        )
 
     def _fetch(self, entry: FileEntry) -> Callable[[], bytes]:
         store, verify, limit = self._store, self._verify, self._config.max_sample_bytes

@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 from s3exchange import S3ExchangeError, S3ExchangeStore, ShardReadError, TransferConfig
 from s3exchange.samples import key_and_field
 from s3exchange.shard import ShardMember
-from s3exchange.types import FileEntry, ShardEntry
+from s3exchange.types import FileEntry, Readable, ShardEntry
 
 from .collate import Sample
 from .prefetch_jobs import Job
@@ -85,13 +85,14 @@ def shard_members(
     verify: bool | None,
     stop: threading.Event,
     config: TransferConfig,
+    stream: Readable,
 ) -> Generator[list[Item], None, None]:
     """A shard job's ``(data, entry)`` samples, in lists; stops reading after the last one."""
     entry: ShardEntry = job.unit  # type: ignore[assignment]
     start, end, wanted = job.start, job.stop, job.wanted
     remaining = job.expected
     members = store.iter_shard_members(
-        entry, select=lambda i, _: start <= i < end and i in wanted, verify=verify
+        entry, select=lambda i, _: start <= i < end and i in wanted, verify=verify, stream=stream
     )
     chunk: list[Item] = []
     size = 0
@@ -107,7 +108,7 @@ def shard_members(
                 yield chunk
                 chunk, size = [], 0
     finally:
-        members.close()  # closes the GET body without reading the rest of the archive
+        members.close()  # then its ShardRead closes the GET without reading the archive's rest
     if remaining and not stop.is_set():
         raise ShardReadError(
             archive_key=entry["archive_key"], reason=f"ended {remaining} members short of the plan"
@@ -153,13 +154,14 @@ def shard_groups(
     verify: bool | None,
     stop: threading.Event,
     config: TransferConfig,
+    stream: Readable,
 ) -> Generator[list[Item], None, None]:
     """A grouped shard job's ``(sample, entries)`` samples, in lists."""
     entry: ShardEntry = job.unit  # type: ignore[assignment]
     archive = entry["archive_key"]
     selector = _GroupSelector(job)
     remaining = job.expected
-    members = store.iter_shard_members(entry, select=selector, verify=verify)
+    members = store.iter_shard_members(entry, select=selector, verify=verify, stream=stream)
     chunk: list[Item] = []
     size = 0
     group = -1

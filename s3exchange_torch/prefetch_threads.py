@@ -1,5 +1,5 @@
 """The threads behind :class:`~s3exchange_torch.prefetch.Prefetcher`: a pool of daemon threads
-for loose files, and one daemon thread per shard job reading its first sample lists ahead.
+for loose files, and one daemon thread per shard job reading its first bytes ahead.
 
 Daemons, each checking a stop event, so closing the prefetcher ends them promptly and none can
 hold up interpreter exit.
@@ -7,14 +7,14 @@ hold up interpreter exit.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from s3exchange.types import FileEntry
+from s3exchange.body import ObjectStream
+from s3exchange.types import FileEntry, Readable
 
 from .collate import Sample
 from .prefetch_reads import Item
@@ -75,83 +75,118 @@ class DaemonPool:
         self._threads.clear()
 
 
-_END = object()
-
-
-class _Handover:
-    """The rest of a shard's chunks, for the consumer to read itself."""
-
-    __slots__ = ("chunks",)
-
-    def __init__(self, chunks: Generator[list[Item], None, None]) -> None:
-        self.chunks = chunks
+_DONE = object()
+"""The read-ahead is over: the consumer reads on from the stream itself."""
+_READ = 1 << 18
+"""Bytes a read-ahead thread asks the stream for at a time: the tar reader's read size."""
 
 
 class ShardRead:
-    """One shard job: its own thread reads ``queue_chunks`` sample lists ahead into a queue,
-    then hands the rest of the stream over to the consumer, which reads it in its own thread.
+    """One shard job: its own thread opens the archive's GET and reads its first ``ahead``
+    bytes; the consumer parses all of them, in its own thread, then reads the rest itself.
 
-    A thread reading alongside the consumer costs both the GIL's hand-offs: in process (2
-    cores, 100 KiB members) a worker's path took 1.10 CPU-s per GB through the thread against
-    0.92 reading inline, and this hand-over took it from 1.16 to 1.04 (median of 21 noisy
-    alternating pairs, lower in 14). The read-ahead still hides the GET's latency and its
-    first chunks' transfer; past it, the socket's receive buffer keeps the data coming while
-    the consumer works.
+    The thread only waits on its socket (the GIL released), so the parsing consumer keeps the
+    GIL. A thread that parsed its read-ahead too took the GIL from the consumer at every
+    socket read: one worker's shuffled path, in process on 2 cores, cost 1.23 CPU-s per GB
+    from SeaweedFS against 1.06 now (medians of 6 alternating process pairs, 100 KiB
+    members). The read-ahead still hides the GET's latency and its first bytes' transfer.
     """
 
     def __init__(
         self,
-        reader: Callable[[], Generator[list[Item], None, None]],
+        opener: Callable[[], ObjectStream],
+        parse: Callable[[Readable], Generator[list[Item], None, None]],
         stop: threading.Event,
-        queue_chunks: int,
+        ahead: int,
     ) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # bounded by _run: see _put
-        self._ahead = queue_chunks
+        """``opener`` opens the GET (the thread closes what it opens unless the consumer took
+        it); ``parse`` reads samples from a stream; ``ahead``: bytes read ahead."""
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # at most ahead / _READ + 3
+        self._parse = parse
         self._stop = stop
-        self._reader = reader
-        thread = threading.Thread(target=self._run, name="s3exchange-torch-shard", daemon=True)
+        self._ahead = ahead
+        self._lock = threading.Lock()
+        self._reading = True  # the thread still reads ahead
+        self._left = False  # the consumer has left
+        self._closed = False
+        thread = threading.Thread(
+            target=self._run, args=(opener,), name="s3exchange-torch-shard", daemon=True
+        )
         thread.start()
 
-    def _run(self) -> None:
-        chunks: Generator[list[Item], None, None] | None = None
+    def _run(self, opener: Callable[[], ObjectStream]) -> None:
         try:
-            chunks = self._reader()
-            for read, chunk in enumerate(chunks, 1):
-                if not self._put(chunk):
-                    return
-                if read == self._ahead:
-                    if self._put(_Handover(chunks)):
-                        chunks = None  # the consumer's from here on
-                    return
-            self._put(_END)
+            stream = opener()
         except BaseException as exc:
-            self._put(exc)
+            self._queue.put(exc)
+            return
+        self._queue.put(stream)
+        try:
+            ahead = self._ahead
+            while ahead > 0 and not (self._stop.is_set() or self._left):
+                chunk = stream.read(_READ)
+                self._queue.put(chunk)
+                if not chunk:
+                    break
+                ahead -= len(chunk)
+        except BaseException as exc:
+            self._queue.put(exc)
         finally:
-            if chunks is not None:
-                chunks.close()
-
-    def _put(self, item: object) -> bool:
-        """Queue ``item`` unless the prefetcher is closing. Never waits: the thread puts at
-        most ``queue_chunks`` lists and then one last item (the hand-over, the end or its
-        error), so the queue holds at most ``queue_chunks + 1``."""
-        if self._stop.is_set():
-            return False
-        self._queue.put(item)
-        return True
+            self._queue.put(_DONE)
+            with self._lock:
+                self._reading = False
+                close = self._left or self._stop.is_set()  # no consumer reads on
+            if close:
+                self._close(stream)
 
     def _take(self) -> Any:
-        """The next thing the thread put: a chunk, the hand-over, the end or its error."""
+        """The next thing the thread put: the stream, a chunk, the end of the read-ahead or
+        an error."""
         return self._queue.get()
 
     def chunks(self) -> Iterator[list[Item]]:
-        while (item := self._take()) is not _END:
-            if isinstance(item, _Handover):
-                with contextlib.closing(item.chunks) as rest:
-                    yield from rest
+        opened = self._take()
+        if isinstance(opened, BaseException):
+            raise opened
+        try:
+            yield from self._parse(_ReadAhead(self, opened))
+        finally:
+            with self._lock:
+                self._left = True
+                close = not self._reading
+            if close:
+                self._close(opened)
+
+    def _close(self, stream: ObjectStream) -> None:
+        """Close the stream once, from whichever side is last to let go of it."""
+        with self._lock:
+            if self._closed:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            self._closed = True
+        stream.close()
+
+
+class _ReadAhead:
+    """The shard's stream as its consumer sees it: the thread's chunks, then the stream."""
+
+    __slots__ = ("_direct", "_read", "_stream")
+
+    def __init__(self, read: ShardRead, stream: ObjectStream) -> None:
+        self._read = read
+        self._stream = stream
+        self._direct = False
+
+    def read(self, n: int = -1) -> bytes:
+        """The thread's next chunk (of ``_READ`` bytes, the size the tar reader asks for;
+        ``b""`` at the end), then up to ``n`` bytes read from the stream."""
+        if not self._direct:
+            item = self._read._take()
+            if item is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                return item  # type: ignore[no-any-return]
+            self._direct = True
+        return self._stream.read(n)
 
 
 class LooseRead:

@@ -46,7 +46,7 @@ def test_the_docstrings_memory_figures_follow_from_the_defaults() -> None:
     reading = (1 + config.prefetch_shards) * (config.queue_chunks + 1) * config.chunk_bytes
     assert "``part_size x (2 x upload_concurrency + 1)`` [40 MiB]" in doc
     assert upload == 40 * MiB
-    assert "(1 + prefetch_shards) x (queue_chunks + 1) x chunk_bytes`` of shard samples" in doc
+    assert "(1 + prefetch_shards) x (queue_chunks + 1) x chunk_bytes`` of shard bytes" in doc
     assert re.search(r"\[15 MiB, whatever the shard size\]", doc)
     assert reading == 15 * MiB
 

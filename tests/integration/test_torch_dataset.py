@@ -32,7 +32,7 @@ from s3exchange import (
     ShardReadError,
 )
 from s3exchange.testing import RunningServer
-from s3exchange.types import Compression
+from s3exchange.types import Compression, Readable
 from s3exchange_torch import S3ExchangeIterableDataset
 
 SHARDS: tuple[tuple[int, Compression], ...] = ((7, None), (5, None), (6, "gzip"), (4, None))
@@ -270,8 +270,10 @@ class CountingStore(S3ExchangeStore):
         *,
         select: Callable[[int, FileEntry], bool] | None = None,
         verify: bool | None = None,
+        stream: Readable | None = None,
     ) -> Generator[ShardMember, None, None]:
-        for member in super().iter_shard_members(entry, select=select, verify=verify):
+        members = super().iter_shard_members(entry, select=select, verify=verify, stream=stream)
+        for member in members:
             self.fetched["member"] += 1
             yield member
 
