@@ -37,8 +37,9 @@ class TransferConfig:
       54 MiB tracemalloc peak measured with botocore's buffers).
     - **a reading worker** (``s3exchange_torch``): ``(1 + prefetch_shards) x (queue_chunks
       + 1) x chunk_bytes`` of shard bytes read ahead or samples being gathered [15 MiB,
-      whatever the shard size], plus up to ``2 x io_threads`` loose files in flight, each held whole
-      (so at most ``max_sample_bytes``), plus the dataset's ``shuffle_buffer`` samples.
+      whatever the shard size], plus up to ``2 x io_threads`` loose files in flight, each
+      held whole (so at most ``max_sample_bytes``), plus the dataset's ``shuffle_buffer``
+      samples.
     - **a delete** holds ``delete_batch`` keys a request [1,000].
 
     Attributes:
