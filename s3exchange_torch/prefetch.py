@@ -3,7 +3,8 @@
 The worker's plan becomes a sequence of :class:`Job` (one unit segment each, with the members it
 still needs). :class:`Prefetcher` keeps a window of jobs in flight, in plan order:
 
-- a shard job gets a thread of its own that opens the archive's GET body and reads its first
+- a shard job gets a thread of the shard pool (``1 + prefetch_shards`` daemon threads, all
+  started with the first shard job) that opens the archive's GET body and reads its first
   ``queue_chunks x chunk_bytes`` bytes into a queue as they arrive; the consumer parses them
   through :meth:`~s3exchange.S3ExchangeStore.iter_shard_members` when it gets there, in
   *lists* of samples (at most ``chunk_samples`` samples or ``chunk_bytes`` bytes), then reads
@@ -77,6 +78,8 @@ class Prefetcher:
         self._verify = verify
         self._stop = threading.Event()
         self._pool = DaemonPool(max(1, io_threads), self._stop)
+        self._read_ahead = 1 + config.prefetch_shards
+        self._shard_pool = DaemonPool(self._read_ahead, self._stop, "s3exchange-torch-shard")
         self._window: deque[ShardRead | LooseRead] = deque()
         self._shards = 0
         self._files = 0
@@ -84,7 +87,6 @@ class Prefetcher:
         # from the start split the first shard's bandwidth and CPU, and a forked worker's
         # first sample took 37 ms instead of 20 (2 cores, 100 KiB members).
         self._max_shards = 1
-        self._read_ahead = 1 + config.prefetch_shards
         self._max_files = 2 * max(1, io_threads)
 
     def chunks(self) -> Iterator[list[Item]]:
@@ -124,6 +126,8 @@ class Prefetcher:
             if isinstance(job.unit, dict) and job.unit["kind"] == "shard":
                 if self._shards >= self._max_shards:
                     return
+                if not self._shards:
+                    self._shard_pool.start_all()  # before the first GET, not at its first chunk
                 self._window.append(self._shard_read(job))
                 self._shards += 1
             else:
@@ -144,6 +148,7 @@ class Prefetcher:
             lambda stream: read(store, job, verify, stop, config, stream),
             stop,
             config.queue_chunks * config.chunk_bytes,
+            self._shard_pool.submit,
         )
 
     def _fetch(self, entry: FileEntry) -> Callable[[], bytes]:
@@ -154,6 +159,7 @@ class Prefetcher:
         """Stop every thread (each finishes at most its current request) and drop the window."""
         self._stop.set()
         self._pool.shutdown()
+        self._shard_pool.shutdown()
         for read in self._window:
             if isinstance(read, LooseRead):
                 for future in read.futures:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from s3exchange_torch.prefetch_threads import ShardRead
+from s3exchange_torch.prefetch_threads import DaemonPool, ShardRead
 
 _CHUNK = 1000
 """Bytes each read of the stand-in stream returns."""
@@ -56,9 +56,27 @@ def _numbers(chunks: list[list[Any]]) -> list[int]:
 _THREAD = "s3exchange-torch-shard"
 
 
+_POOLS: list[DaemonPool] = []
+
+
+def _submit() -> Any:
+    """A shard pool's ``submit``, as the prefetcher makes one."""
+    pool = DaemonPool(1, threading.Event(), _THREAD)
+    _POOLS.append(pool)
+    return pool.submit
+
+
+@pytest.fixture(autouse=True)
+def _shut_pools() -> Generator[None, None, None]:
+    """Each test's pool threads end with it (later tests count the threads left alive)."""
+    yield
+    while _POOLS:
+        _POOLS.pop().shutdown()
+
+
 def test_the_thread_reads_ahead_then_the_consumer_reads_on() -> None:
     stream = _Stream(6)
-    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=2 * _CHUNK)
+    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=2 * _CHUNK, submit=_submit())
     assert _numbers(list(read.chunks())) == [0, 1, 2, 3, 4, 5]
     consumer = threading.current_thread().name
     assert stream.read_on == [_THREAD] * 2 + [consumer] * 5  # the 5th: the end
@@ -68,7 +86,7 @@ def test_the_thread_reads_ahead_then_the_consumer_reads_on() -> None:
 
 def test_a_short_shard_ends_on_the_thread() -> None:
     stream = _Stream(2)
-    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=4 * _CHUNK)
+    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=4 * _CHUNK, submit=_submit())
     assert _numbers(list(read.chunks())) == [0, 1]
     assert stream.read_on == [_THREAD] * 3
     assert stream.closed.wait(5)
@@ -78,7 +96,7 @@ def test_a_short_shard_ends_on_the_thread() -> None:
 @pytest.mark.parametrize("fail_at", [1, 4], ids=["ahead", "after-hand-over"])
 def test_a_failing_read_reaches_the_consumer_unchanged(fail_at: int) -> None:
     stream = _Stream(6, fail_at=fail_at)
-    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=2 * _CHUNK)
+    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=2 * _CHUNK, submit=_submit())
     got: list[list[Any]] = []
     with pytest.raises(OSError, match=f"chunk {fail_at} broke"):
         for chunk in read.chunks():
@@ -91,14 +109,14 @@ def test_a_failing_open_reaches_the_consumer_unchanged() -> None:
     def refused() -> Any:
         raise PermissionError("AccessDenied on shard-0.tar")
 
-    read = ShardRead(refused, _parse, threading.Event(), ahead=_CHUNK)
+    read = ShardRead(refused, _parse, threading.Event(), ahead=_CHUNK, submit=_submit())
     with pytest.raises(PermissionError, match=r"AccessDenied on shard-0\.tar"):
         list(read.chunks())
 
 
 def test_leaving_after_the_hand_over_closes_the_stream_on_the_consumer() -> None:
     stream = _Stream(6)
-    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=_CHUNK)
+    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=_CHUNK, submit=_submit())
     chunks = read.chunks()
     assert _numbers([next(chunks), next(chunks)]) == [0, 1]  # the second read by the consumer
     assert not stream.closed.is_set()
@@ -117,7 +135,8 @@ def test_leaving_during_the_read_ahead_stops_it_and_closes_the_stream_on_the_thr
         return read_chunk(size)
 
     stream.read = second_read_waits  # type: ignore[method-assign]
-    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=100 * _CHUNK)
+    ahead = 100 * _CHUNK
+    read = ShardRead(lambda: stream, _parse, threading.Event(), ahead=ahead, submit=_submit())
     chunks = read.chunks()
     assert _numbers([next(chunks)]) == [0]
     chunks.close()  # the consumer leaves with the thread still reading ahead
@@ -136,7 +155,7 @@ def test_a_stop_while_opening_closes_the_stream_on_the_thread() -> None:
         go.wait(5)
         return stream
 
-    ShardRead(slow, _parse, stop, ahead=4 * _CHUNK)
+    ShardRead(slow, _parse, stop, ahead=4 * _CHUNK, submit=_submit())
     stop.set()  # the consumer closed the prefetcher while the GET was being opened
     go.set()
     assert stream.closed.wait(5)
