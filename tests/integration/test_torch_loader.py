@@ -185,19 +185,28 @@ def _first(loader: S3ExchangeLoader, count: int) -> list[list[str]]:
     return head
 
 
+def _interrupted(
+    first: S3ExchangeIterableDataset, then: S3ExchangeIterableDataset, count: int, **options: Any
+) -> tuple[list[list[str]], list[list[str]]]:
+    """An interrupted run and its resumption: the ids of the first ``count`` batches of a
+    loader over ``first``, then of every batch of a loader over ``then`` given its state."""
+    with S3ExchangeLoader(first, **options) as loader:
+        head = _first(loader, count)
+        state = loader.state_dict()
+    with S3ExchangeLoader(then, **options) as loader:
+        loader.load_state_dict(state)
+        tail = [ids_of(batch) for batch in loader]
+    return head, tail
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_resume_continues_the_interrupted_sequence_exactly(corpus: Corpus, context: str) -> None:
-    ds = make(corpus, seed=9)
-    with S3ExchangeLoader(ds, batch_size=5, num_workers=2, multiprocessing_context=context) as a:
+    options: dict[str, Any] = {"batch_size": 5, "num_workers": 2}
+    with S3ExchangeLoader(make(corpus, seed=9), multiprocessing_context=context, **options) as a:
         full = [ids_of(b) for b in a]
-    ds2 = make(corpus, seed=9)
-    with S3ExchangeLoader(ds2, batch_size=5, num_workers=2, multiprocessing_context=context) as b:
-        head = _first(b, 7)
-        state = b.state_dict()
-    ds3 = make(corpus, seed=9)
-    with S3ExchangeLoader(ds3, batch_size=5, num_workers=2, multiprocessing_context=context) as c:
-        c.load_state_dict(state)
-        tail = [ids_of(batch) for batch in c]
+    head, tail = _interrupted(
+        make(corpus, seed=9), make(corpus, seed=9), 7, multiprocessing_context=context, **options
+    )
     assert head + tail == full
 
 
@@ -230,17 +239,18 @@ def test_out_of_order_takes_the_first_ready_batch_and_keeps_each_workers_order(
 
 
 def test_out_of_order_resumes_every_worker_where_it_was(corpus: Corpus) -> None:
-    ds = make(corpus, seed=6, transform=_slow_in_worker_0)
-    with S3ExchangeLoader(ds, batch_size=3, num_workers=2, in_order=False) as a:
-        head = _first(a, 6)
-        state = a.state_dict()
-    ds2 = make(corpus, seed=6)
-    with S3ExchangeLoader(ds2, batch_size=3, num_workers=2, in_order=False) as b:
-        b.load_state_dict(state)
-        tail = [ids_of(batch) for batch in b]
+    resumed = make(corpus, seed=6)
+    head, tail = _interrupted(
+        make(corpus, seed=6, transform=_slow_in_worker_0),
+        resumed,
+        6,
+        batch_size=3,
+        num_workers=2,
+        in_order=False,
+    )
     delivered = list(chain(*head, *tail))
     assert Counter(delivered) == Counter(list(corpus.payloads))
-    for ids in _per_worker(ds2, 2):  # each worker continued its own sequence exactly
+    for ids in _per_worker(resumed, 2):  # each worker continued its own sequence exactly
         mine = set(ids)
         assert [sample for sample in delivered if sample in mine] == ids
 
