@@ -469,7 +469,7 @@ _uint = st.integers(0, 2**32)  # within MAX_COUNT and MAX_SIZE_BYTES (issue 10, 
 _KNOWN = (
     {"kind", "key", "id", "meta", "size_bytes", "etag", "sha256", "content_type"}
     | {"archive_key", "member_path", "format", "compression", "internal_manifest_path", "count"}
-    | {"members_size_bytes"}
+    | {"members_size_bytes", "index_key"}
 )
 _extra = st.dictionaries(_any_text.filter(lambda k: k not in _KNOWN), _json_values, max_size=3)
 
