@@ -13,6 +13,8 @@ from array import array
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
+
 from .errors import ShardReadError
 from .keys import virtual_key
 from .shard_format import (
@@ -39,6 +41,8 @@ __all__ = [
 _MANIFEST_CHUNK = 1 << 16
 """Internal manifest bytes taken from the archive at a time while its lines are split."""
 _DECODER = json.JSONDecoder()
+_fast_decode = msgspec.json.Decoder().decode
+"""A line in 0.3 us instead of 0.9; what it refuses goes to ``_DECODER`` (see ``manifest``)."""
 _HASH_HEX = {"crc32c": re.compile(r"[0-9a-f]{8}"), "sha256": re.compile(r"[0-9a-f]{64}")}
 
 
@@ -67,25 +71,24 @@ def _manifest_entry(obj: Any, archive_key: str, line: int) -> FileEntry:
     return cast(FileEntry, obj)
 
 
-def _decode_json(text: str) -> Any:
-    """``json.loads(text)``, 0.4 us less a line: ``raw_decode`` skips the two whitespace scans
-    around the value, and the full decoder takes what it refuses (whitespace there, or an
-    error, whose message it words). ``json.loads(bytes)`` costs 0.9 us more than either."""
-    try:
-        obj, end = _DECODER.raw_decode(text)
-    except ValueError:
-        return _DECODER.decode(text)
-    return obj if end == len(text) else _DECODER.decode(text)
-
-
 def _parse_line(text: bytes, archive_key: str, line: int) -> FileEntry:
     """One internal manifest line as a checked entry; JSON too deeply nested for the parser
     (200k ``[``) is a ShardReadError naming the line like any other invalid JSON."""
     try:
-        line_text = text.decode()  # then the BOM by hand: "utf-8-sig" costs 0.5 us a line
+        obj = _fast_decode(text)
+    except (ValueError, RecursionError):
+        obj = _decode_std(text, archive_key, line)
+    return _manifest_entry(obj, archive_key, line)
+
+
+def _decode_std(text: bytes, archive_key: str, line: int) -> Any:
+    """The line's JSON value by the standard library (a UTF-8 BOM ignored, ``NaN`` taken), or
+    a ShardReadError in its words."""
+    try:
+        line_text = text.decode()
         if line_text.startswith("\ufeff"):
             line_text = line_text[1:]
-        obj = _decode_json(line_text)
+        return _DECODER.decode(line_text)
     except ValueError as exc:
         raise ShardReadError(
             archive_key=archive_key, reason=f"internal manifest line {line}: {exc}"
@@ -93,7 +96,6 @@ def _parse_line(text: bytes, archive_key: str, line: int) -> FileEntry:
     except RecursionError:
         reason = f"internal manifest line {line}: JSON nested too deeply"
         raise ShardReadError(archive_key=archive_key, reason=reason) from None
-    return _manifest_entry(obj, archive_key, line)
 
 
 def _manifest_lines(reader: TarReader, header: Header) -> Iterator[tuple[int, bytes]]:
