@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 9's 16-core measurement in one command, for a session lent a GPU node (no package index
 # there). Here first: `bash ../shared/gpu-node/prepare.sh` (builds .dev/; add /.dev/ to
-# .git/info/exclude). Then, through the device tool with carry [".dev"]:
+# .git/info/exclude), then `bash benchmarks/node_extras.sh` (wheels prepare.sh lacks, into
+# .dev/extra/). Then, through the device tool with carry [".dev"]:
 #   bash benchmarks/gpu_node.sh            # shards + loose, 12 workers, --node sizes, CUDA copies
 # Writes the table (table.txt), latest.json, the log (run.log) and preflight.txt to $OUT
 # (default /tmp/gpu-bench). Here, to try the script itself: NO_UNPACK=1 ARGS=--quick bash ...
@@ -16,10 +17,18 @@ if [ -z "${NO_UNPACK:-}" ]; then
   mkdir -p /tmp/site /tmp/bin
   tar -C /tmp/site -xJf .dev/site.tar.xz
   xz -dc .dev/weed.xz > /tmp/bin/weed && chmod +x /tmp/bin/weed
+  for wheel in .dev/extra/*.whl; do
+    [ -e "$wheel" ] && $py -m zipfile -e "$wheel" /tmp/site
+  done
   export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/bin:$PATH"
 else
   py=python
 fi
+$py -c "import s3exchange, s3exchange_torch" || {
+  echo "the library does not import here: a dependency missing from .dev?" \
+    "(bash benchmarks/node_extras.sh builds .dev/extra)" >&2
+  exit 3
+}
 export PYTHONUNBUFFERED=1
 {
   echo "nproc $(nproc)"; uname -a; df -h /dev/shm /tmp | tail -n +1; free -g | head -2
