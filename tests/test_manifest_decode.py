@@ -114,3 +114,9 @@ def test_lone_surrogate_escapes_and_big_integers_read_as_before() -> None:
         assert entry["n"] == field  # type: ignore[typeddict-item]
     with pytest.raises(ShardReadError, match=r"'t\.tar': internal manifest line 2: Expecting"):
         tar_reader._parse_line(b'{"kind":"file",', "t.tar", 2)
+
+
+def test_a_duplicate_key_keeps_its_last_value_as_json_loads_does() -> None:
+    line = b'{"kind":"file","key":"a","meta":{"n":1,"n":2},"key":"b"}'
+    assert manifest.parse_line(line, key="m", lineno=1) == json.loads(line)
+    assert tar_reader._parse_line(line, "t.tar", 1)["key"] == "b"
