@@ -257,7 +257,7 @@ def _encode_manifest(plans: Sequence[_Planned], archive_key: str) -> bytes:
     return data
 
 
-_USTAR_IDS = b"0000644\0" b"0000000\0" b"0000000\0"  # mode, uid, gid
+_USTAR_IDS = b"0000644\x000000000\x000000000\x00"  # mode, uid, gid
 _USTAR_TAIL = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)
 """A regular file's header after its checksum: type, empty link name, magic and version, empty
 owner names, device numbers and prefix, padding (as ``tarfile`` writes them)."""
