@@ -284,6 +284,11 @@ def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
         # the head's bytes sum to at most 148 x 255 < 65521: Adler-32's low half is 1 + the sum
         checksum = (zlib.adler32(head) & 0xFFFF) - 1 + _USTAR_TAIL_SUM
         return b"%s%06o\0 %s" % (head, checksum, _USTAR_TAIL)
+    return _tarfile_header(name, size, mtime)
+
+
+def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
+    """The header as ``tarfile`` writes it: what :func:`tar_header` gives in every case."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644

@@ -8,19 +8,7 @@ import tarfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3exchange.tar_writer import tar_header
-
-
-def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o644
-    info.mtime = mtime
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
-
+from s3exchange.tar_writer import _tarfile_header, tar_header
 
 _names = (
     st.text(st.characters(codec="ascii"), max_size=110)
