@@ -1,5 +1,5 @@
 """The threads behind :class:`~s3exchange_torch.prefetch.Prefetcher`: a pool of daemon threads
-for loose files, and one daemon thread per shard job reading its first bytes ahead.
+for loose files, and a pool whose threads each read one shard job's first bytes ahead.
 
 Daemons, each checking a stop event, so closing the prefetcher ends them promptly and none can
 hold up interpreter exit.
